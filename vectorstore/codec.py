@@ -1,0 +1,120 @@
+"""Byte format of stored vectors and model metadata.
+
+A stored value is the vector as raw little-endian floats (``<f4`` or ``<f2``)
+followed by the token's index as a little-endian uint32. Nothing here can run
+code: values are decoded with :func:`numpy.frombuffer` after a length check.
+
+>>> c = Codec(dim=3, dtype="float16")
+>>> vals = c.encode(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32), start=7)
+>>> [len(v) for v in vals]
+[10, 10]
+>>> c.decode(vals).tolist(), c.decode_indexes(vals).tolist()
+([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [7, 8])
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import CorruptValueError
+
+LAYOUT_VERSION = 1
+DTYPES = {"float32": "<f4", "float16": "<f2"}
+
+
+def check_dtype(dtype: str) -> str:
+    """Return ``dtype`` if it is a supported stored dtype, else raise ValueError."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    return dtype
+
+
+class Codec:
+    """Encode and decode the vectors of one model (``dim`` floats of ``dtype``)."""
+
+    def __init__(self, dim: int, dtype: str = "float32") -> None:
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"vector dimension must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.dtype = check_dtype(dtype)
+        self.payload = dim * np.dtype(DTYPES[dtype]).itemsize
+        self.size = self.payload + 4
+        self._record = np.dtype([("v", DTYPES[dtype], (dim,)), ("i", "<u4")])
+
+    def encode(self, vectors: np.ndarray, start: int) -> list[bytes]:
+        """Values for ``vectors`` (n x dim) whose indexes run from ``start``."""
+        n = len(vectors)
+        rec = np.empty(n, dtype=self._record)
+        rec["v"] = vectors
+        rec["i"] = np.arange(start, start + n, dtype=np.uint32)
+        blob, size = rec.tobytes(), self.size
+        return [blob[i * size:(i + 1) * size] for i in range(n)]
+
+    def _records(self, values: Sequence[bytes]) -> np.ndarray:
+        if values and set(map(len, values)) != {self.size}:
+            bad = next(len(v) for v in values if len(v) != self.size)
+            raise CorruptValueError(
+                f"stored vector has {bad} bytes, expected {self.size} "
+                f"({self.dim} x {self.dtype} + 4-byte index)"
+            )
+        return np.frombuffer(b"".join(values), dtype=self._record)
+
+    def decode(self, values: Sequence[bytes]) -> np.ndarray:
+        """A float32 matrix (len(values) x dim) from stored values."""
+        return self._records(values)["v"].astype(np.float32).reshape(len(values), self.dim)
+
+    def decode_indexes(self, values: Sequence[bytes]) -> np.ndarray:
+        """The token indexes stored with ``values``."""
+        return self._records(values)["i"].astype(np.int64)
+
+
+@dataclass
+class Meta:
+    """Metadata of one model version, stored as a Redis hash."""
+
+    version: int
+    dim: int
+    dtype: str
+    count: int
+    source: str = ""
+    checksum: str = ""
+    created_at: float = field(default_factory=time.time)
+    layout: int = LAYOUT_VERSION
+    state: str = "loading"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    _INTS = ("version", "dim", "count", "layout")
+
+    def to_hash(self) -> dict[str, str]:
+        out = {k: str(getattr(self, k)) for k in
+               ("version", "dim", "dtype", "count", "source", "checksum",
+                "created_at", "layout", "state")}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> "Meta":
+        d = {(k.decode() if isinstance(k, bytes) else k):
+             (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        try:
+            known = {k: d.pop(k) for k in
+                     ("version", "dim", "dtype", "count", "source", "checksum",
+                      "created_at", "layout", "state") if k in d}
+            for k in cls._INTS:
+                known[k] = int(known[k])
+            known["created_at"] = float(known.get("created_at", 0))
+            check_dtype(known["dtype"])
+        except (KeyError, ValueError) as exc:
+            raise CorruptValueError(f"model metadata is incomplete or invalid: {exc}") from None
+        if known["layout"] != LAYOUT_VERSION:
+            raise CorruptValueError(
+                f"model was stored with layout {known['layout']}, this vectorstore "
+                f"reads layout {LAYOUT_VERSION}: reload the model"
+            )
+        return cls(extra=d, **known)
+
+    def codec(self) -> Codec:
+        return Codec(self.dim, self.dtype)

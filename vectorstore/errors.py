@@ -1,0 +1,38 @@
+"""Exceptions raised by vectorstore. All derive from :class:`VectorStoreError`."""
+from __future__ import annotations
+
+
+class VectorStoreError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelNotFoundError(VectorStoreError, LookupError):
+    """The named model has no published version in this Redis."""
+
+
+class CorruptValueError(VectorStoreError):
+    """A value read from Redis does not have the expected length or fields."""
+
+
+class ReadOnlyError(VectorStoreError, NotImplementedError):
+    """A writing method was called on a Redis-backed, read-only model."""
+
+
+class StoreUnavailableError(VectorStoreError, ConnectionError):
+    """Redis could not be reached after the configured retries."""
+
+
+class LoadError(VectorStoreError):
+    """A model file is malformed; the message names the file and the record."""
+
+
+class LoadInProgressError(VectorStoreError):
+    """Another loader holds the lock for this model name."""
+
+
+class IndexNotReadyError(VectorStoreError):
+    """A similarity method was called before the model's vector index is built."""
+
+
+class VectorSetsUnsupportedError(VectorStoreError):
+    """The Redis server has no vector sets (VADD/VSIM need Redis 8 or later)."""
