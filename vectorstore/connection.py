@@ -47,5 +47,6 @@ def connect(url: Optional[str] = None, retries: int = RETRIES, **kwargs) -> redi
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
+        socket_read_size=256 * 1024,  # a 100-token 300-d document is ~120 kB
         **kwargs,
     )

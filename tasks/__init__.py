@@ -1,0 +1,1 @@
+"""Celery tasks: worker-side vectorization of tokenized documents."""

@@ -1,0 +1,17 @@
+"""Pre-trained word vectors served from Redis, with gensim's KeyedVectors API.
+
+>>> from vectorstore import RedisKeyedVectors          # doctest: +SKIP
+>>> kv = RedisKeyedVectors("news")                     # doctest: +SKIP
+>>> kv[["fast", "car"]].shape                          # doctest: +SKIP
+(2, 300)
+"""
+from .errors import (CorruptValueError, IndexNotReadyError, LoadError, LoadInProgressError,
+                     ModelNotFoundError, ReadOnlyError, StoreUnavailableError,
+                     VectorSetsUnsupportedError, VectorStoreError)
+from .store import Lookup, RedisKeyedVectors
+
+__all__ = [
+    "RedisKeyedVectors", "Lookup", "VectorStoreError", "ModelNotFoundError", "CorruptValueError",
+    "ReadOnlyError", "StoreUnavailableError", "LoadError", "LoadInProgressError",
+    "IndexNotReadyError", "VectorSetsUnsupportedError",
+]
