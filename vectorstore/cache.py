@@ -99,9 +99,11 @@ class VectorCache:
             else:
                 window[:] = False
             taken.append(free + self._hand)
+            self._ref[taken[-1]] = True  # taken: later sweeps of this call skip them
             need -= len(free)
             self._hand = stop % self.capacity
         rows = np.concatenate(taken)
+        self._ref[rows] = False  # new entries start unreferenced
         for row in rows.tolist():
             old = self._owner[row]
             if old is not None:
