@@ -1,0 +1,1 @@
+"""Benchmark suite of vectorstore: ``python -m benchmarks --quick`` (see __main__)."""

@@ -1,0 +1,135 @@
+"""Figure 2: worker cold start and RSS against model size.
+
+Each contender runs in a fresh Python subprocess that imports numpy, redis
+and gensim (as any worker would), gets its model ready and computes one
+100-token document matrix, then reports its memory from /proc. The time is
+taken by the parent from process start to that report. A bare interpreter
+that only imports numpy/redis/gensim is measured the same way, and every
+contender is reported above it. Contenders run round-robin per repeat.
+Model files are in the page cache (warm disk) for every contender.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from .config import Context
+from .data import Streams
+from .measure import MB, pct
+from .report import figure
+
+BARE = "bare Python"
+PROJECT = "vectorstore"
+CONTENDERS = (BARE, PROJECT, "gensim word2vec .bin", "gensim .kv", "gensim .kv mmap")
+
+# The child: argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
+CHILD = r"""
+import json, sys
+import numpy, redis, gensim
+from gensim.models import KeyedVectors
+who, name, url, bin_path, kv_path, doc = sys.argv[1:7]
+doc = json.loads(doc)
+if who == "bare Python":
+    matrix = numpy.zeros((len(doc), 1))
+elif who == "vectorstore":
+    from vectorstore import RedisKeyedVectors
+    matrix = RedisKeyedVectors(name, url=url)[doc]
+elif who == "gensim word2vec .bin":
+    matrix = KeyedVectors.load_word2vec_format(bin_path, binary=True)[doc]
+elif who == "gensim .kv":
+    matrix = KeyedVectors.load(kv_path)[doc]
+elif who == "gensim .kv mmap":
+    matrix = KeyedVectors.load(kv_path, mmap="r")[doc]
+mem = {}
+for line in open("/proc/self/status"):
+    k = line.split(":")[0]
+    if k in ("VmRSS", "RssAnon", "RssFile"):
+        mem[k] = int(line.split()[1]) * 1024
+print(json.dumps({"rows": len(matrix), **mem}), flush=True)
+"""
+
+
+def start_once(who: str, name: str, url: str, bin_path: str, kv_path: str,
+               doc: list[str]) -> dict:
+    """Run one child; its wall time to the first matrix and its memory."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, who, name, url, bin_path, kv_path, json.dumps(doc)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    seconds = time.perf_counter() - t0
+    _, err = proc.communicate()
+    if proc.returncode or not line:
+        raise RuntimeError(f"cold start of {who!r} failed (exit {proc.returncode}): {err[-2000:]}")
+    out = json.loads(line)
+    if out["rows"] != len(doc):
+        raise RuntimeError(f"{who!r} returned {out['rows']} rows for {len(doc)} tokens")
+    return {"seconds": seconds, "rss": out["VmRSS"], "anon": out["RssAnon"]}
+
+
+def run(ctx: Context) -> None:
+    p = ctx.profile
+    sec = ctx.report.section("2. Worker cold start and RSS")
+    ctx.flush()
+    models = [ctx.model(n) for n in p.coldstart_sizes]
+    load_s = {m.count: ctx.store(m) for m in models}
+    raw: dict[tuple[int, str], list[dict]] = {}
+    for m in models:
+        doc = Streams(m.tokens).documents("zipf", 1, 100, seed=7)[0]
+        for _ in range(p.coldstart_repeats):
+            for who in CONTENDERS:
+                r = start_once(who, m.name, ctx.redis_url, str(m.bin_path), str(m.kv_path), doc)
+                raw.setdefault((m.count, who), []).append(r)
+    ctx.flush()
+
+    def med(count: int, who: str, what: str) -> float:
+        return pct([r[what] for r in raw[(count, who)]], 50)
+
+    above = {(n, who): {w: med(n, who, w) - med(n, BARE, w) for w in ("seconds", "rss", "anon")}
+             for n in p.coldstart_sizes for who in CONTENDERS if who != BARE}
+    sec.text(
+        f"Median of {p.coldstart_repeats} fresh subprocesses per cell. Cells: time to the first "
+        f"100-token matrix above a bare Python that imports numpy/redis/gensim, then RSS above "
+        f"it, then private (anonymous) RSS above it. The bare Python itself: "
+        + ", ".join(f"{med(n, BARE, 'seconds'):.2f} s / {med(n, BARE, 'rss') / MB:.0f} MB"
+                    for n in p.coldstart_sizes[:1])
+        + ". Loading each model into Redis with `vectorstore.loader.load` took "
+        + ", ".join(f"{n:,}: {s:.1f} s" for n, s in load_s.items()) + ".")
+    rows = []
+    for n in p.coldstart_sizes:
+        row: list[object] = [f"{n:,} x {p.dim}"]
+        for who in CONTENDERS[1:]:
+            a = above[(n, who)]
+            row.append(f"{a['seconds']:.2f} s, {a['rss'] / MB:+.0f} MB, "
+                       f"{a['anon'] / MB:+.0f} MB private")
+        rows.append(row)
+    sec.table(["model"] + list(CONTENDERS[1:]), rows)
+
+    fig, axes = figure(ncols=2)
+    for who in CONTENDERS[1:]:
+        xs = list(p.coldstart_sizes)
+        axes[0][0].plot(xs, [max(above[(n, who)]["seconds"], 1e-3) for n in xs], marker="o",
+                        label=who)
+        axes[0][1].plot(xs, [max(above[(n, who)]["rss"] / MB, 0.1) for n in xs], marker="o",
+                        label=who)
+    axes[0][0].set(xscale="log", yscale="log", xlabel="vocabulary", ylabel="s above bare Python",
+                   title="start to first matrix")
+    axes[0][1].set(xscale="log", yscale="log", xlabel="vocabulary", ylabel="MB above bare Python",
+                   title="RSS after first matrix")
+    axes[0][0].legend(fontsize=7)
+    sec.plot(fig, "fig2_coldstart", "cold start and RSS")
+
+    ours = [above[(n, PROJECT)] for n in p.coldstart_sizes]
+    first, last = ours[0]["seconds"], ours[-1]["seconds"]
+    sec.goal("vectorstore cold start flat in vocabulary size",
+             last <= 1.25 * first + 0.05,
+             f"{first:.3f} s at {p.coldstart_sizes[0]:,}, {last:.3f} s at "
+             f"{p.coldstart_sizes[-1]:,}")
+    sec.goal("vectorstore cold start <= 0.5 s above bare Python",
+             max(o["seconds"] for o in ours) <= 0.5,
+             f"worst {max(o['seconds'] for o in ours):.3f} s")
+    sec.goal("vectorstore RSS <= +30 MB above bare Python",
+             max(o["rss"] for o in ours) <= 30 * MB,
+             f"worst {max(o['rss'] for o in ours) / MB:+.1f} MB")
