@@ -1,0 +1,104 @@
+"""Documents to arrays with one store lookup per request (no Celery here).
+
+Every request looks up the unique tokens of all its documents with ONE
+:meth:`RedisKeyedVectors.lookup` (one MGET for the tokens not in the
+process's cache), then gathers each document's rows from that.
+
+>>> kv = RedisKeyedVectors("news")                                           # doctest: +SKIP
+>>> opts = Options(max_len=None, oov="zero", dtype="float32", normalize=False)
+>>> [m.shape for m, missing in vectorize(kv, [["fast", "car"], ["qwxz"]], opts)]  # doctest: +SKIP
+[(2, 300), (1, 300)]
+"""
+from __future__ import annotations
+
+import numpy as np
+from gensim import matutils
+
+from vectorstore import RedisKeyedVectors
+
+from .errors import OutOfVocabularyError
+from .validate import Options
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row divided by its norm as gensim's ``get_vector(norm=True)``; zero rows stay zero."""
+    norms = np.linalg.norm(rows, axis=1)
+    out = np.zeros_like(rows)
+    np.divide(rows, norms[:, None], out=out, where=norms[:, None] > 0)
+    return out
+
+
+def _oov_error(kv: RedisKeyedVectors, docs: list[list[str]], d: int,
+               pos: int) -> OutOfVocabularyError:
+    where = f"document {d}, " if len(docs) > 1 else ""
+    return OutOfVocabularyError(
+        f"{where}token {pos} {docs[d][pos]!r} is not in model {kv.name!r} (oov='error'); "
+        f"use oov='zero' or 'skip' to accept unknown tokens")
+
+
+def vectorize(kv: RedisKeyedVectors, docs: list[list[str]], opts: Options
+              ) -> list[tuple[np.ndarray, list[int]]]:
+    """For each document: its matrix (rows x dim, float32) and its OOV positions.
+
+    With ``oov="skip"`` OOV rows are left out; with ``max_len`` each matrix is
+    then cut or zero-padded to ``max_len`` rows. Other policies only look up
+    the first ``max_len`` tokens, so OOV positions are below ``max_len``.
+    """
+    if opts.max_len is not None and opts.oov != "skip":
+        docs = [d[:opts.max_len] for d in docs]
+    vocab = list(dict.fromkeys(t for d in docs for t in d))
+    found = kv.lookup(vocab, oov="zero")
+    vectors = unit_rows(found.vectors) if opts.normalize else found.vectors
+    absent = np.zeros(len(vocab), dtype=bool)
+    absent[found.missing] = True
+    row_of = {t: i for i, t in enumerate(vocab)}
+    out = []
+    for d, doc in enumerate(docs):
+        rows = np.fromiter((row_of[t] for t in doc), dtype=np.intp, count=len(doc))
+        missing = np.flatnonzero(absent[rows]).tolist()
+        if missing and opts.oov == "error":
+            raise _oov_error(kv, docs, d, missing[0])
+        if missing and opts.oov == "skip":
+            rows = rows[~absent[rows]]
+        matrix = vectors[rows]
+        if opts.max_len is not None:
+            matrix = fit(matrix, opts.max_len)
+        out.append((matrix, missing))
+    return out
+
+
+def fit(matrix: np.ndarray, length: int) -> np.ndarray:
+    """``matrix`` cut or zero-padded to ``length`` rows."""
+    if len(matrix) >= length:
+        return matrix[:length]
+    out = np.zeros((length, matrix.shape[1]), dtype=matrix.dtype)
+    out[:len(matrix)] = matrix
+    return out
+
+
+def mean_vector(kv: RedisKeyedVectors, tokens: list[str], weights: np.ndarray,
+                pre_normalize: bool, post_normalize: bool, ignore_missing: bool
+                ) -> tuple[np.ndarray, list[int]]:
+    """The weighted mean vector of ``tokens`` and their OOV positions.
+
+    Same semantics as gensim's ``KeyedVectors.get_mean_vector``: OOV tokens are
+    left out (or raise if not ``ignore_missing``), each vector is unit-normed
+    first if ``pre_normalize``, the sum is divided by the sum of ``|weights|``
+    of the tokens used, and all tokens OOV gives a zero vector.
+    """
+    found = kv.lookup(tokens, oov="zero")
+    if found.missing and not ignore_missing:
+        raise _oov_error(kv, [tokens], 0, found.missing[0])
+    keep = np.ones(len(tokens), dtype=bool)
+    keep[found.missing] = False
+    rows = found.vectors[keep]
+    if pre_normalize:
+        rows = unit_rows(rows)
+    w = weights[keep]
+    mean = (w[:, None] * rows).sum(axis=0, dtype=np.float32)
+    total = np.abs(w).sum()
+    if total > 0:
+        mean = mean / total
+    if post_normalize:
+        mean = matutils.unitvec(mean).astype(np.float32)
+    return mean, found.missing

@@ -1,0 +1,147 @@
+"""The Celery app and its tasks; run with ``celery -A tasks worker --autoscale=8,2``.
+
+Task names are fixed, so any service can send them by name with JSON
+arguments; results are msgpack dicts (see :mod:`tasks.results`)::
+
+    tasks.vectorize_document(tokens, model=None, max_len=None, oov="zero",
+                             dtype="float32", normalize=False)
+    tasks.vectorize_documents(docs, model=None, max_len=None, oov="zero",
+                              dtype="float32", normalize=False)
+    tasks.embed_document(tokens, model=None, weights=None, pre_normalize=True,
+                         post_normalize=False, ignore_missing=True, dtype="float32")
+
+Each pool process opens one :class:`RedisKeyedVectors` per model name on first
+use (nothing is loaded when a process starts, so autoscaling forks are ready
+at once) and holds only a connection, metadata and a bounded cache; the store
+picks up a model reload within ``VECTORSTORE_REFRESH`` seconds. Bad requests
+fail at once with a :mod:`tasks.errors` exception and are not retried; an
+unreachable store is retried ``VECTORSTORE_TASK_RETRIES`` times with
+exponential backoff, then fails with ``StoreUnavailableError``.
+
+>>> from tasks import app, as_array                                        # doctest: +SKIP
+>>> r = app.send_task("tasks.vectorize_document", [["fast", "car"]])        # doctest: +SKIP
+>>> as_array(r.get()).shape                                                # doctest: +SKIP
+(2, 300)
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import numpy as np
+from celery import Celery
+
+from vectorstore import ModelNotFoundError, RedisKeyedVectors, StoreUnavailableError
+
+from .errors import TaskInputError, UnknownModelError
+from .results import check_size, pack
+from .validate import (Options, check_document, check_documents, check_flag, check_model,
+                       check_options, check_weights)
+from .vectorize import mean_vector, vectorize
+
+app = Celery("tasks")
+app.config_from_object("celeryconfig")
+
+_stores: dict[str, RedisKeyedVectors] = {}
+_stores_lock = threading.Lock()
+
+
+def store(model: Any) -> RedisKeyedVectors:
+    """This process's store of ``model`` (default ``VECTORSTORE_MODEL``), opened on first use.
+
+    Raises UnknownModelError if no such model is loaded.
+    """
+    conf = app.conf
+    name = check_model(model, conf.vectorstore_model)
+    with _stores_lock:
+        kv = _stores.get(name)
+        if kv is None:
+            kv = _stores[name] = RedisKeyedVectors(
+                name, conf.vectorstore_url, prefix=conf.vectorstore_prefix,
+                cache_bytes=conf.vectorstore_cache_bytes, refresh=conf.vectorstore_refresh)
+    try:
+        kv.vector_size  # reads the model's alias and metadata (once per refresh period)
+    except ModelNotFoundError as exc:
+        with _stores_lock:
+            _stores.pop(name, None)
+        raise UnknownModelError(str(exc)) from None
+    return kv
+
+
+_TASK_OPTIONS: dict[str, Any] = dict(
+    autoretry_for=(StoreUnavailableError,),
+    max_retries=app.conf.vectorstore_task_retries,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    throws=(TaskInputError,),  # expected failures: logged without a traceback
+    resultrepr_maxsize=120,  # the worker log shows results' raw bytes as hex
+)
+
+
+def _options(max_len: Any, oov: Any, dtype: Any, normalize: Any) -> Options:
+    return check_options(max_len, oov, dtype, normalize, app.conf.vectorstore_max_tokens)
+
+
+@app.task(name="tasks.vectorize_document", **_TASK_OPTIONS)
+def vectorize_document(tokens: list[str], model: Optional[str] = None,
+                       max_len: Optional[int] = None, oov: str = "zero",
+                       dtype: str = "float32", normalize: bool = False) -> dict[str, Any]:
+    """The (n, dim) matrix of ``tokens``, or (max_len, dim) cut or zero-padded.
+
+    ``oov``: ``"zero"`` rows, ``"skip"`` (leave out), or ``"error"``.
+    ``normalize`` makes each row unit-length (zero rows stay zero).
+    """
+    tokens = check_document(tokens, app.conf.vectorstore_max_tokens)
+    opts = _options(max_len, oov, dtype, normalize)
+    kv = store(model)
+    check_size((opts.max_len or len(tokens), kv.vector_size), opts.dtype,
+               app.conf.vectorstore_max_result_bytes)
+    [(matrix, missing)] = vectorize(kv, [tokens], opts)
+    return pack(matrix.astype(opts.dtype), missing, [tokens[i] for i in missing],
+                kv.name, kv.version)
+
+
+@app.task(name="tasks.vectorize_documents", **_TASK_OPTIONS)
+def vectorize_documents(docs: list[list[str]], model: Optional[str] = None,
+                        max_len: Optional[int] = None, oov: str = "zero",
+                        dtype: str = "float32", normalize: bool = False) -> Any:
+    """``vectorize_document`` for a batch, with one store lookup of all unique tokens.
+
+    Returns a list of per-document results, or with ``max_len`` one result of
+    shape (batch, max_len, dim) whose ``missing``/``oov`` are lists per document.
+    """
+    docs = check_documents(docs, app.conf.vectorstore_max_tokens)
+    opts = _options(max_len, oov, dtype, normalize)
+    kv = store(model)
+    dim, limit = kv.vector_size, app.conf.vectorstore_max_result_bytes
+    if opts.max_len is None:
+        check_size((sum(map(len, docs)), dim), opts.dtype, limit, "batch result")
+    else:
+        check_size((len(docs), opts.max_len, dim), opts.dtype, limit, "batch result")
+    results = vectorize(kv, docs, opts)
+    version = kv.version
+    oovs = [[doc[i] for i in missing] for doc, (_, missing) in zip(docs, results)]
+    if opts.max_len is not None:
+        tensor = np.stack([m for m, _ in results]).astype(opts.dtype)
+        return pack(tensor, [missing for _, missing in results], oovs, kv.name, version)
+    return [pack(m.astype(opts.dtype), missing, o, kv.name, version)
+            for (m, missing), o in zip(results, oovs)]
+
+
+@app.task(name="tasks.embed_document", **_TASK_OPTIONS)
+def embed_document(tokens: list[str], model: Optional[str] = None,
+                   weights: Optional[list[float]] = None, pre_normalize: bool = True,
+                   post_normalize: bool = False, ignore_missing: bool = True,
+                   dtype: str = "float32") -> dict[str, Any]:
+    """The (dim,) weighted mean vector of ``tokens``, as gensim's ``get_mean_vector``."""
+    tokens = check_document(tokens, app.conf.vectorstore_max_tokens)
+    w = check_weights(weights, len(tokens))
+    opts = _options(None, "zero", dtype, False)
+    flags = [check_flag(n, v) for n, v in (("pre_normalize", pre_normalize),
+                                            ("post_normalize", post_normalize),
+                                            ("ignore_missing", ignore_missing))]
+    kv = store(model)
+    mean, missing = mean_vector(kv, tokens, w, *flags)
+    return pack(mean.astype(opts.dtype), missing, [tokens[i] for i in missing],
+                kv.name, kv.version)
