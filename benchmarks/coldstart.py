@@ -24,7 +24,7 @@ BARE = "bare Python"
 PROJECT = "vectorstore"
 CONTENDERS = (BARE, PROJECT, "gensim word2vec .bin", "gensim .kv", "gensim .kv mmap")
 
-# The child: argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
+# The child keeps its model alive while it reports. argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
 CHILD = r"""
 import json, sys
 import numpy, redis, gensim
@@ -32,16 +32,17 @@ from gensim.models import KeyedVectors
 who, name, url, bin_path, kv_path, doc = sys.argv[1:7]
 doc = json.loads(doc)
 if who == "bare Python":
-    matrix = numpy.zeros((len(doc), 1))
+    kv = {t: numpy.zeros(1) for t in doc}
 elif who == "vectorstore":
     from vectorstore import RedisKeyedVectors
-    matrix = RedisKeyedVectors(name, url=url)[doc]
+    kv = RedisKeyedVectors(name, url=url)
 elif who == "gensim word2vec .bin":
-    matrix = KeyedVectors.load_word2vec_format(bin_path, binary=True)[doc]
+    kv = KeyedVectors.load_word2vec_format(bin_path, binary=True)
 elif who == "gensim .kv":
-    matrix = KeyedVectors.load(kv_path)[doc]
+    kv = KeyedVectors.load(kv_path)
 elif who == "gensim .kv mmap":
-    matrix = KeyedVectors.load(kv_path, mmap="r")[doc]
+    kv = KeyedVectors.load(kv_path, mmap="r")
+matrix = numpy.vstack([kv[t] for t in doc]) if isinstance(kv, dict) else kv[doc]
 mem = {}
 for line in open("/proc/self/status"):
     k = line.split(":")[0]

@@ -73,9 +73,10 @@ class Section:
         return path
 
 
-def figure(ncols: int = 1, width: float = 6.0, height: float = 3.6) -> tuple[Any, Any]:
-    """A matplotlib figure with ``ncols`` axes side by side."""
-    return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+def figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 3.6
+           ) -> tuple[Any, Any]:
+    """A matplotlib figure with a grid of ``nrows`` x ``ncols`` axes (``axes[row][col]``)."""
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
 
 
 class Report:
