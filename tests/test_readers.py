@@ -1,0 +1,178 @@
+"""Readers: every format parses exactly like gensim, streams in batches, detects formats."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from conftest import TEST_DATA, synthetic_kv
+from vectorstore.readers import FORMATS, Batch, open_vectors, sniff
+
+# gensim's bundled files that gensim itself loads: (file, detected format)
+BUNDLED = [
+    ("lee_fasttext.vec", "word2vec-text"),
+    ("crime-and-punishment.vec", "word2vec-text"),  # Cyrillic tokens
+    ("toy-model.vec", "word2vec-text"),
+    ("high_precision.kv.txt", "word2vec-text"),
+    ("word2vec_pre_kv_c", "word2vec-text"),
+    ("EN.1-10.cbow1_wind5_hs0_neg10_size300_smpl1e-05.txt", "word2vec-text"),
+    ("euclidean_vectors.bin", "word2vec-binary"),
+    ("poincare_vectors.bin", "word2vec-binary"),
+    ("high_precision.kv.bin", "word2vec-binary"),  # no "\n" between records
+    ("test_glove.txt", "glove"),
+]
+SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "héllo", "日本語",
+                  "emoji🙂", "Ünïcödé:{#}", "tab\there", "back\\slash"]
+
+
+def read_all(reader) -> tuple[list[str], np.ndarray]:
+    tokens: list[str] = []
+    vectors = []
+    with reader:
+        for batch in reader:
+            tokens += batch.tokens
+            vectors.append(batch.vectors)
+    return tokens, np.vstack(vectors) if vectors else np.empty((0, reader.dim), np.float32)
+
+
+def gensim_load(path: Path, fmt: str) -> KeyedVectors:
+    return KeyedVectors.load_word2vec_format(str(path), binary=fmt == "word2vec-binary",
+                                             no_header=fmt == "glove")
+
+
+def special_kv() -> KeyedVectors:
+    return synthetic_kv(count=len(SPECIAL_TOKENS) + 300, dim=16,
+                        tokens=SPECIAL_TOKENS + [f"w{i}" for i in range(300)])
+
+
+def save(kv: KeyedVectors, path: Path, binary: bool, compress: str = "") -> Path:
+    """``kv`` in word2vec format at ``path``, gzip- or bzip2-compressed if asked."""
+    plain = path.with_name(path.name + ".plain")
+    kv.save_word2vec_format(str(plain), binary=binary)
+    data = plain.read_bytes()
+    plain.unlink()
+    path.write_bytes({"": data, "gz": gzip.compress(data), "bz2": bz2.compress(data)}[compress])
+    return path
+
+
+@pytest.mark.parametrize("name,fmt", BUNDLED)
+def test_bundled_files_match_gensim(name: str, fmt: str) -> None:
+    path = TEST_DATA / name
+    assert sniff(str(path)) == fmt
+    reader = open_vectors(path)
+    assert reader.fmt == fmt
+    tokens, vectors = read_all(reader)
+    expected = gensim_load(path, fmt)
+    assert tokens == expected.index_to_key
+    assert vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors, expected.vectors)
+    assert reader.count == (None if fmt == "glove" else len(tokens))
+    assert reader.dim == expected.vector_size
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "text"])
+@pytest.mark.parametrize("compress", ["", "gz", "bz2"])
+def test_synthetic_roundtrip_with_special_tokens(tmp_path: Path, binary: bool,
+                                                 compress: str) -> None:
+    kv = special_kv()
+    # a misleading extension: compression is recognised by magic bytes
+    path = save(kv, tmp_path / "model.data", binary, compress)
+    reader = open_vectors(path)
+    assert reader.fmt == ("word2vec-binary" if binary else "word2vec-text")
+    assert reader.count == len(kv)
+    tokens, vectors = read_all(reader)
+    assert tokens == kv.index_to_key
+    np.testing.assert_array_equal(vectors, kv.vectors)  # gensim writes text losslessly
+
+
+def test_explicit_formats_and_fasttext_alias(tmp_path: Path) -> None:
+    kv = special_kv()
+    text = save(kv, tmp_path / "m.vec", binary=False)
+    binary = save(kv, tmp_path / "m.bin", binary=True)
+    for fmt in ("word2vec-text", "fasttext-vec"):
+        reader = open_vectors(text, fmt)
+        assert reader.fmt == fmt
+        assert read_all(reader)[0] == kv.index_to_key
+    np.testing.assert_array_equal(read_all(open_vectors(binary, "word2vec-binary"))[1],
+                                  kv.vectors)
+
+
+def test_glove_tokens_may_contain_spaces(tmp_path: Path) -> None:
+    path = tmp_path / "glove.txt"
+    path.write_text("new york 0.5 -1 2.25\n"
+                    "the 1 2 3\n"
+                    ". . . 4 5 6\n"
+                    "2012 7 8 9\n"
+                    "a  b\t10 11 12\n", encoding="utf-8")
+    reader = open_vectors(path)
+    assert (reader.fmt, reader.dim, reader.count) == ("glove", 3, None)
+    tokens, vectors = read_all(reader)
+    assert tokens == ["new york", "the", ". . .", "2012", "a  b"]
+    np.testing.assert_array_equal(vectors, np.array(
+        [[0.5, -1, 2.25], [1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]], np.float32))
+
+
+def test_irregular_spacing_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "w.txt"
+    path.write_bytes(b"3 2\r\nx 1  2 \r\ny 1\t2\r\nz 3 4\n")
+    tokens, vectors = read_all(open_vectors(path))
+    assert tokens == ["x", "y", "z"]
+    np.testing.assert_array_equal(vectors, np.array([[1, 2], [1, 2], [3, 4]], np.float32))
+
+
+def test_limit_caps_the_count(tmp_path: Path) -> None:
+    kv = special_kv()
+    for binary in (True, False):
+        path = save(kv, tmp_path / f"m{binary}", binary)
+        reader = open_vectors(path, limit=5)
+        assert reader.count == 5
+        assert read_all(reader)[0] == kv.index_to_key[:5]
+        assert open_vectors(path, limit=10**9).count == len(kv)
+    glove = TEST_DATA / "test_glove.txt"
+    assert read_all(open_vectors(glove, limit=7))[0] == gensim_load(glove, "glove").index_to_key[:7]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_batches_are_consecutive_and_bounded(batch_size: int) -> None:
+    path = TEST_DATA / "euclidean_vectors.bin"
+    batches = list(open_vectors(path, batch_size=batch_size))
+    assert all(isinstance(b, Batch) and len(b.tokens) <= batch_size for b in batches)
+    assert [b.first for b in batches] == list(range(0, 2747, batch_size))
+    assert all(b.vectors.shape == (len(b.tokens), 10) for b in batches)
+
+
+def test_keyed_vectors_source() -> None:
+    kv = special_kv()
+    reader = open_vectors(kv, batch_size=100, limit=250)
+    assert (reader.fmt, reader.dim, reader.count) == ("gensim", 16, 250)
+    tokens, vectors = read_all(reader)
+    assert tokens == kv.index_to_key[:250]
+    np.testing.assert_array_equal(vectors, kv.vectors[:250])
+
+
+def test_reader_streams_large_files_in_small_memory(tmp_path: Path) -> None:
+    """A reader holds a batch and a few read-ahead chunks, never the file."""
+    kv = synthetic_kv(count=40000, dim=100)
+    path = save(kv, tmp_path / "big.bin", binary=True)
+    assert path.stat().st_size > 15 * 2**20
+    tracemalloc.start()
+    try:
+        for _ in open_vectors(path, batch_size=100):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < path.stat().st_size / 3, peak
+
+
+def test_format_names_are_validated() -> None:
+    assert "auto" in FORMATS
+    with pytest.raises(ValueError, match="unknown format"):
+        open_vectors(TEST_DATA / "lee_fasttext.vec", "csv")
+    with pytest.raises(ValueError, match="batch_size"):
+        open_vectors(TEST_DATA / "lee_fasttext.vec", batch_size=0)
