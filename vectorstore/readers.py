@@ -35,6 +35,7 @@ import itertools
 import os
 import re
 import zlib
+from contextlib import suppress
 from typing import IO, Any, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -98,7 +99,11 @@ class Reader:
 
     def error(self, record: int, message: str) -> LoadError:
         """A LoadError naming the source and where record ``record`` (0-based) is."""
-        return LoadError(f"{self.source}, {self.locate(record)}: {message}")
+        return LoadError(f"{self.where(record)}: {message}")
+
+    def where(self, record: int) -> str:
+        """``"<source>, line 12"``: the source and the place of record ``record``."""
+        return f"{self.source}, {self.locate(record)}"
 
     def close(self) -> None:
         """Release the file, if any."""
@@ -152,8 +157,11 @@ def open_file(path: str) -> IO[bytes]:
 
 def sniff(path: str) -> str:
     """The format of the file at ``path``, detected from its content."""
-    with open_file(path) as f:
-        head = _read(f, path, _SNIFF_BYTES)
+    head = b""
+    with open_file(path) as f, suppress(OSError, EOFError, zlib.error):
+        # a damaged file is sniffed on what can be read; its reader reports where it breaks
+        while len(head) < _SNIFF_BYTES and (piece := f.read(4096)):
+            head += piece
     first, _, rest = head.partition(b"\n")
     header = _HEADER_RE.fullmatch(first)
     if not header:
@@ -170,12 +178,17 @@ def _looks_like_text(data: bytes, dim: int) -> bool:
             and not values.translate(None, _NUMERIC_BYTES))
 
 
-def _read(f: IO[bytes], path: str, n: int) -> bytes:
-    """``f.read(n)``, turning decompression and I/O failures into LoadError."""
+def _read(f: IO[bytes], n: int, where: str) -> bytes:
+    """``f.read(n)``, turning decompression and I/O failures into a LoadError at ``where``."""
     try:
         return f.read(n)
     except (OSError, EOFError, zlib.error) as exc:
-        raise LoadError(f"cannot read {path}: the file is truncated or corrupt ({exc})") from None
+        raise _unreadable(where, exc) from None
+
+
+def _unreadable(where: str, exc: Exception) -> LoadError:
+    return LoadError(f"{where}: cannot read the file from here on: it is truncated or "
+                     f"corrupt ({exc})")
 
 
 def _parse_header(line: bytes, path: str) -> tuple[int, int]:
@@ -208,7 +221,7 @@ class BinaryReader(Reader):
             total, self.dim = _parse_header(header.rstrip(b"\r\n"), path)
             self.header_count = total
             self.count = _cap(total, limit)
-            self._buf = _read(self._file, path, _CHUNK_BYTES)
+            self._buf = _read(self._file, _CHUNK_BYTES, self.where(0))
             if self.count and _looks_like_text(self._buf, self.dim):
                 raise self.error(0, "this is a text file, not word2vec binary: "
                                     "use format 'word2vec-text' or 'auto'")
@@ -233,7 +246,7 @@ class BinaryReader(Reader):
             if space < 0 and len(buf) >= _MAX_TOKEN_BYTES:
                 raise self.error(record, f"no space within {_MAX_TOKEN_BYTES} bytes from byte "
                                  f"{self._offset}: not a word2vec binary file")
-            more = _read(self._file, self.source, _CHUNK_BYTES)
+            more = _read(self._file, _CHUNK_BYTES, self.where(record))
             if not more and not buf.strip(b"\n"):
                 raise self.error(record, f"the file ends before this record: it has {record} "
                                  f"records but its header says {self.header_count} (truncated)")
@@ -265,11 +278,12 @@ class BinaryReader(Reader):
             yield Batch(self._decode(raw, first), matrix, first)
 
     def _decode(self, raw: list[bytes], first: int) -> list[str]:
+        # the C tool ends each vector with "\n": it shows up before the next token
+        stripped = [t.lstrip(b"\n") for t in raw]
         try:
-            # the C tool ends each vector with "\n": it shows up before the next token
-            return [t.lstrip(b"\n").decode("utf-8") for t in raw]
+            return [t.decode("utf-8") for t in stripped]
         except UnicodeDecodeError:
-            for i, t in enumerate(raw):
+            for i, t in enumerate(stripped):
                 try:
                     t.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -292,12 +306,12 @@ class TextReader(Reader):
         self._header_lines = 0 if fmt == "glove" else 1
         try:
             if fmt == "glove":
-                first = self._next_lines(1)
+                first = self._next_lines(1, 0)
                 self.dim = self._glove_dim(first[0]) if first else 1
                 self._lines = itertools.chain(first, self._lines)
                 self.count = None
             else:
-                header = self._next_lines(1)
+                header = self._next_lines(1, -1)
                 total, self.dim = _parse_header(header[0].rstrip(b"\r\n") if header else b"",
                                                 path)
                 self.header_count = total
@@ -312,12 +326,12 @@ class TextReader(Reader):
     def close(self) -> None:
         self._file.close()
 
-    def _next_lines(self, n: int) -> list[bytes]:
+    def _next_lines(self, n: int, record: int) -> list[bytes]:
+        """Up to ``n`` lines, the first holding record ``record`` (-1: the header)."""
         try:
             return list(itertools.islice(self._lines, n))
         except (OSError, EOFError, zlib.error) as exc:
-            raise LoadError(f"cannot read {self.source}: the file is truncated or "
-                            f"corrupt ({exc})") from None
+            raise _unreadable(self.where(record), exc) from None
 
     def _glove_dim(self, raw: bytes) -> int:
         fields = self._decode([raw], 0)[0].split()
@@ -336,7 +350,7 @@ class TextReader(Reader):
         first = 0
         while total is None or first < total:
             want = self.batch_size if total is None else min(self.batch_size, total - first)
-            raw = self._next_lines(want)
+            raw = self._next_lines(want, first)
             if raw:
                 tokens, vectors = self._parse(raw, first)
                 yield Batch(tokens, vectors, first)

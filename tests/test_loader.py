@@ -1,0 +1,484 @@
+"""Loader: exact round trips, atomic publishing, clean failures, locking, verify/info/drop."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import redis
+from gensim.models import KeyedVectors
+
+from conftest import TEST_DATA, synthetic_kv
+from vectorstore.codec import Meta
+from vectorstore.errors import LoadError, LoadInProgressError, ModelNotFoundError
+from vectorstore.keys import I2K_CHUNK, Keys
+from vectorstore.loader import drop, info, list_models, load, verify
+
+SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "x#i2k:0", "*?[]",
+                  "héllo", "日本語", "emoji🙂", "Ünïcödé:{#}", "tab\there", "trailing:"]
+
+
+def stored(client: redis.Redis, name: str, prefix: str = "vs") -> tuple[list[str], np.ndarray, Meta]:
+    """Tokens, vectors and metadata of the served version, read from the raw keys."""
+    keys = Keys(name, prefix)
+    version = int(client.get(keys.current))
+    meta = Meta.from_hash(client.hgetall(keys.meta(version)))
+    tokens: list[str] = []
+    for chunk in range(-(-meta.count // I2K_CHUNK)):
+        tokens += client.get(keys.i2k(version, chunk)).decode().split("\n")
+    values = client.mget([keys.token(version, t) for t in tokens])
+    codec = meta.codec()
+    assert codec.decode_indexes(values).tolist() == list(range(len(tokens)))
+    return tokens, codec.decode(values), meta
+
+
+def version_keys(client: redis.Redis, name: str, version: int) -> list[bytes]:
+    return list(client.scan_iter(match=Keys(name).version_pattern(version), count=5000))
+
+
+def assert_same(client: redis.Redis, name: str, kv: KeyedVectors) -> Meta:
+    tokens, vectors, meta = stored(client, name)
+    assert tokens == kv.index_to_key
+    np.testing.assert_array_equal(vectors, kv.vectors)
+    return meta
+
+
+def write_binary(path: Path, records: list[tuple[bytes, Any]], dim: int,
+                 count: int | None = None, newline: bool = True) -> Path:
+    """A word2vec binary file, written by hand so that it can be broken on purpose."""
+    out = [f"{len(records) if count is None else count} {dim}\n".encode()]
+    for token, vector in records:
+        out.append(token + b" " + np.asarray(vector, "<f4").tobytes() + (b"\n" if newline else b""))
+    path.write_bytes(b"".join(out))
+    return path
+
+
+# --- round trips --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,binary,no_header", [
+    ("lee_fasttext.vec", False, False),
+    ("crime-and-punishment.vec", False, False),
+    ("EN.1-10.cbow1_wind5_hs0_neg10_size300_smpl1e-05.txt", False, False),
+    ("euclidean_vectors.bin", True, False),
+    ("poincare_vectors.bin", True, False),
+    ("high_precision.kv.bin", True, False),
+    ("test_glove.txt", False, True),
+])
+def test_bundled_files_round_trip(client: redis.Redis, name: str, binary: bool,
+                                  no_header: bool) -> None:
+    path = TEST_DATA / name
+    meta = load(path, "m", client=client, progress=False)
+    expected = KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=no_header)
+    assert assert_same(client, "m", expected) == meta
+    assert (meta.count, meta.dim, meta.dtype, meta.state) == (
+        len(expected), expected.vector_size, "float32", "ready")
+    assert meta.source == str(path)
+    assert verify("m", client=client).ok
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "text"])
+@pytest.mark.parametrize("compress", ["", "gz", "bz2"])
+def test_synthetic_round_trip_with_special_tokens(client: redis.Redis, tmp_path: Path,
+                                                  binary: bool, compress: str) -> None:
+    kv = synthetic_kv(count=2500, dim=24, tokens=SPECIAL_TOKENS + [f"w{i}" for i in range(2500)])
+    path = tmp_path / "m.data"  # compression is recognised by content, not by name
+    kv.save_word2vec_format(str(path), binary=binary)
+    pack = {"": bytes, "gz": gzip.compress, "bz2": bz2.compress}[compress]
+    path.write_bytes(pack(path.read_bytes()))
+    meta = load(path, "special", client=client, progress=False, batch_size=300)
+    assert meta.extra["format"] == ("word2vec-binary" if binary else "word2vec-text")
+    assert_same(client, "special", kv)
+    assert verify("special", client=client).ok
+
+
+def test_keyed_vectors_source_and_store_read_back(redis_url: str, client: redis.Redis) -> None:
+    kv = synthetic_kv(count=3000, dim=16, tokens=SPECIAL_TOKENS + [f"w{i}" for i in range(3000)])
+    load(kv, "mem", url=redis_url, progress=False)
+    assert_same(client, "mem", kv)
+    store = pytest.importorskip("vectorstore.store")
+    served = store.RedisKeyedVectors("mem", url=redis_url)
+    assert len(served) == len(kv)
+    np.testing.assert_array_equal(served["a:b"], kv["a:b"])
+    np.testing.assert_array_equal(served[SPECIAL_TOKENS], kv[SPECIAL_TOKENS])
+    for i in (0, 5, 1023, 1024, 2999):
+        assert served.index_to_key[i] == kv.index_to_key[i]
+        assert served.get_index(kv.index_to_key[i]) == i
+
+
+def test_glove_tokens_with_spaces(client: redis.Redis, tmp_path: Path) -> None:
+    path = tmp_path / "g.txt"
+    path.write_text("new york 1 2\nthe 3 4\n. . . 5 6\n", encoding="utf-8")
+    load(path, "g", client=client, progress=False)
+    tokens, vectors, _ = stored(client, "g")
+    assert tokens == ["new york", "the", ". . ."]
+    np.testing.assert_array_equal(vectors, [[1, 2], [3, 4], [5, 6]])
+
+
+def test_limit(client: redis.Redis) -> None:
+    path = TEST_DATA / "euclidean_vectors.bin"
+    meta = load(path, "m", client=client, progress=False, limit=1500)
+    expected = KeyedVectors.load_word2vec_format(str(path), binary=True, limit=1500)
+    assert meta.count == 1500
+    assert_same(client, "m", expected)
+
+
+def test_float16_values_are_gensims_rounded(client: redis.Redis) -> None:
+    path = TEST_DATA / "lee_fasttext.vec"
+    meta = load(path, "half", client=client, progress=False, dtype="float16")
+    expected = KeyedVectors.load_word2vec_format(str(path))
+    tokens, vectors, _ = stored(client, "half")
+    assert meta.dtype == "float16" and tokens == expected.index_to_key
+    np.testing.assert_array_equal(vectors, expected.vectors.astype(np.float16).astype(np.float32))
+    assert verify("half", client=client).ok
+
+
+def test_float16_overflow_is_refused(client: redis.Redis) -> None:
+    kv = synthetic_kv(count=10, dim=4)
+    kv.vectors[6, 2] = 1e5
+    with pytest.raises(LoadError, match=r"index 6: value 100000.0 \(field 3\) does not fit "
+                                        r"in float16"):
+        load(kv, "half", client=client, progress=False, dtype="float16")
+    assert client.keys("*") == []
+
+
+def test_progress_bar(client: redis.Redis, capsys: pytest.CaptureFixture) -> None:
+    load(TEST_DATA / "lee_fasttext.vec", "m", client=client, progress=True)
+    assert "vectors/s" in capsys.readouterr().err
+    load(TEST_DATA / "lee_fasttext.vec", "n", client=client, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+# --- bad files ----------------------------------------------------------------------
+
+
+def _v(*values: float) -> np.ndarray:
+    return np.array(values, np.float32)
+
+
+GOOD = [(b"a", _v(1, 2)), (b"b", _v(3, 4))]
+BAD_FILES = [
+    # (id, file name, content or a function of the tmp dir, format, message pattern)
+    ("text-truncated", "t.vec", b"4 3\na 1 2 3\nb 1 2 3\n", "auto",
+     r"line 4: the file ends before this line: it has 2 records but its header says 4"),
+    ("text-line-cut", "t.vec", b"2 3\na 1 2 3\nb 1 2", "auto",
+     r"line 3: wrong number of values: expected 3, found 2 \(the file ends inside this line"),
+    ("text-bad-header", "t.vec", b"two 3\na 1 2 3\n", "word2vec-text",
+     r"line 1: bad header 'two 3'"),
+    ("header-dim-0", "t.vec", b"1 0\na\n", "auto", r"line 1: bad header '1 0'"),
+    ("too-few-values", "t.vec", b"2 3\na 1 2 3\nb 1 2\n", "auto",
+     r"line 3: wrong number of values: expected 3, found 2$"),
+    ("too-many-values", "t.vec", b"2 3\na 1 2 3\nb 1 2 3 4\n", "auto",
+     r"line 3: wrong number of values: expected 3, found 4"),
+    ("non-numeric", "t.vec", b"2 3\na 1 2 3\nb 1 x 3\n", "auto", r"line 3: non-numeric value 'x'"),
+    ("nan", "t.vec", b"2 3\na 1 2 3\nb 1 nan 3\n", "auto",
+     r"line 3: value nan \(field 2\) is not a finite"),
+    ("inf", "t.vec", b"2 3\na 1 2 -inf\nb 1 2 3\n", "auto",
+     r"line 2: value -inf \(field 3\) is not a finite"),
+    ("overflow", "t.vec", b"2 3\na 1 2 3\nb 1e39 2 3\n", "auto",
+     r"line 3: value inf \(field 1\) is not a finite float32"),
+    ("text-utf8", "t.vec", b"2 3\na 1 2 3\n\xff\xfe 1 2 3\n", "auto",
+     r"line 3: invalid UTF-8 \(invalid start byte at byte 0 of the line\)"),
+    ("text-duplicate", "t.vec", b"3 3\na 1 2 3\nb 1 2 3\na 4 5 6\n", "auto",
+     r"line 4: duplicate token 'a' \(first at line 2\)"),
+    ("text-empty-token", "t.vec", b"2 3\na 1 2 3\n 1 2 3\n", "auto", r"line 3: empty token"),
+    ("glove-short", "g.txt", b"a 1 2 3\n1 2\n", "glove",
+     r"line 2: wrong number of values: expected 3, found 2"),
+    ("glove-non-numeric", "g.txt", b"a 1 2 3\nb 1 x 3\n", "glove",
+     r"line 2: non-numeric value 'x' \(GloVe lines end with 3 numbers\)"),
+    ("glove-not-glove", "g.txt", b"hello world\n", "auto", r"line 1: not a GloVe line"),
+    ("empty-file", "e.txt", b"", "auto", r"e.txt: no vectors to load"),
+    ("binary-truncated", "b.bin", lambda p: write_binary(p, GOOD, 2, count=3), "auto",
+     r"record 3: the file ends before this record: it has 2 records but its header says 3"),
+    ("binary-record-cut", "b.bin", lambda p: p.write_bytes(write_binary(p, GOOD, 2,
+     newline=False).read_bytes()[:-3]), "auto",
+     r"record 2: the record starting at byte 14 is cut short by the end of the file"),
+    ("binary-bad-header", "b.bin", b"2 x\na " + bytes(8), "word2vec-binary",
+     r"line 1: bad header '2 x'"),
+    ("binary-nan", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"b", _v(1, np.nan))], 2),
+     "auto", r"record 2: value nan \(field 2\) is not a finite"),
+    ("binary-utf8", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"\xff", _v(1, 2))], 2),
+     "auto", r"record 2: token b'\\xff' is not valid UTF-8"),
+    ("binary-duplicate", "b.bin", lambda p: write_binary(p, GOOD + [(b"a", _v(5, 6))], 2),
+     "auto", r"record 3: duplicate token 'a' \(first at record 1\)"),
+    ("binary-empty-token", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"", _v(1, 2))], 2),
+     "auto", r"record 2: empty token"),
+    ("binary-newline-token", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"x\ny", _v(1, 2))],
+     2), "auto", r"record 2: token 'x\\ny' contains a newline"),
+    ("text-as-binary", "t.vec", b"2 3\na 1 2 3\nb 1 2 3\n", "word2vec-binary",
+     r"record 1: this is a text file, not word2vec binary"),
+    ("gzip-truncated", "t.vec.gz", lambda p: p.write_bytes(gzip.compress(
+     b"3000 3\n" + b"".join(b"w%d 1 2 3\n" % i for i in range(3000)))[:-200]), "auto",
+     r"line \d+: cannot read the file from here on: it is truncated or corrupt"),
+    ("gensim-truncated", TEST_DATA / "pretrained.vec", None, "auto",
+     r"line 3: the file ends before this line: it has 1 records but its header says 3"),
+    ("gensim-bad-utf8", TEST_DATA / "pang_lee_polarity_fasttext.vec", None, "auto",
+     r"line 150: invalid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("name,content,fmt,pattern", [c[1:] for c in BAD_FILES],
+                         ids=[c[0] for c in BAD_FILES])
+def test_bad_file_is_refused_and_leaves_nothing(client: redis.Redis, tmp_path: Path, name: Any,
+                                                content: Any, fmt: str, pattern: str) -> None:
+    path = Path(name) if isinstance(name, Path) else tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        content(path)
+    with pytest.raises(LoadError) as error:
+        load(path, "bad", client=client, fmt=fmt, progress=False)
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    assert re.search(pattern, message), message
+    assert client.keys("*") == []  # nothing published, no staging keys, no lock, no counter
+
+
+def test_duplicate_across_batches_keeps_served_version(client: redis.Redis,
+                                                       tmp_path: Path) -> None:
+    good = synthetic_kv(count=50, dim=3)
+    load(good, "m", client=client, progress=False)
+    before = {k: client.dump(k) for k in client.keys("*") if not k.endswith(b"#seq")}
+    path = tmp_path / "dup.vec"
+    path.write_text("6 2\na 1 2\nb 1 2\nc 1 2\nd 1 2\nb 3 4\ne 1 2\n")
+    with pytest.raises(LoadError, match=r"dup.vec, line 6: duplicate token 'b' "
+                                        r"\(first at line 3\)"):
+        load(path, "m", client=client, progress=False, batch_size=2, grace=0)
+    after = {k: client.dump(k) for k in client.keys("*") if not k.endswith(b"#seq")}
+    assert after == before
+    assert_same(client, "m", good)
+
+
+# --- versions, locking, interruption ------------------------------------------------
+
+
+def test_reload_flips_to_new_version_and_deletes_old(client: redis.Redis) -> None:
+    first, second = synthetic_kv(count=1500, seed=1), synthetic_kv(count=1200, seed=2)
+    assert load(first, "m", client=client, progress=False).version == 1
+    meta = load(second, "m", client=client, progress=False, grace=0)
+    assert meta.version == 2 and client.get("vs:m#current") == b"2"
+    assert_same(client, "m", second)
+    assert version_keys(client, "m", 1) == []
+    assert client.smembers("vs:m#versions") == {b"2"}
+    assert list_models(client=client) == ["m"]
+
+
+def test_old_version_survives_the_grace_period(client: redis.Redis) -> None:
+    load(synthetic_kv(count=100, seed=1), "m", client=client, progress=False)
+    old_keys = len(version_keys(client, "m", 1))
+    loading = threading.Thread(target=load, args=(synthetic_kv(count=100, seed=2), "m"),
+                               kwargs=dict(client=client, progress=False, grace=1.0))
+    loading.start()
+    deadline = time.monotonic() + 10
+    while client.get("vs:m#current") != b"2" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.get("vs:m#current") == b"2"
+    assert len(version_keys(client, "m", 1)) == old_keys  # readers of v1 still served
+    loading.join()
+    assert version_keys(client, "m", 1) == []
+
+
+def test_leftovers_of_a_dead_load_are_removed(client: redis.Redis) -> None:
+    load(synthetic_kv(count=100), "m", client=client, progress=False)
+    client.incr("vs:m#seq")
+    client.sadd("vs:m#versions", 2)  # what a SIGKILLed loader leaves behind
+    client.mset({"vs:m:2:x": b"junk", "vs:m:2#i2k:0": b"x", "vs:m:2#meta": b"?"})
+    assert load(synthetic_kv(count=10), "m", client=client, progress=False, grace=0).version == 3
+    assert version_keys(client, "m", 2) == [] and version_keys(client, "m", 1) == []
+    assert client.smembers("vs:m#versions") == {b"3"}
+
+
+def _holder(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:0123"
+
+
+def test_lock_of_a_live_loader_is_respected(client: redis.Redis) -> None:
+    client.set("vs:m#lock", _holder(os.getpid()), px=15000)
+    with pytest.raises(LoadInProgressError, match=rf"being loaded by {_holder(os.getpid())}"):
+        load(synthetic_kv(count=10), "m", client=client, progress=False)
+    client.set("vs:m#lock", "elsewhere:1:0123", px=15000)  # another host: cannot tell, wait
+    with pytest.raises(LoadInProgressError, match="elsewhere:1:0123"):
+        drop("m", client=client)
+    assert client.keys("*") == [b"vs:m#lock"]
+
+
+def test_lock_of_a_dead_loader_is_taken_over(client: redis.Redis) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client.set("vs:m#lock", _holder(dead.pid), px=15000)
+    assert load(synthetic_kv(count=10), "m", client=client, progress=False).count == 10
+    assert client.get("vs:m#lock") is None
+
+
+class _Sabotaged:
+    """A KeyedVectors look-alike whose vectors hand the lock to someone else when read."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        kv = synthetic_kv(count=3000, dim=8)
+        self.index_to_key, self.vector_size, self.vectors = kv.index_to_key, 8, self
+        self._vectors, self._client = kv.vectors, client
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        self._client.set("vs:m#lock", "thief:1:x")
+        return self._vectors[rows]
+
+
+def test_publish_requires_the_lock(client: redis.Redis) -> None:
+    with pytest.raises(LoadInProgressError, match="lost lock vs:m#lock"):
+        load(_Sabotaged(client), "m", client=client, progress=False)
+    assert client.keys("*") == [b"vs:m#lock"]
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300k x 100 word2vec binary file (~125 MB): a load takes a few seconds."""
+    n, dim = 300_000, 100
+    vectors = np.random.default_rng(0).normal(size=(n, dim)).astype("<f4")
+    rows = vectors.tobytes()
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    with open(path, "wb") as f:
+        f.write(f"{n} {dim}\n".encode())
+        f.write(b"".join(b"tok%d " % i + rows[i * dim * 4:(i + 1) * dim * 4] for i in range(n)))
+    return path
+
+
+def _start_cli_load(redis_url: str, path: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vectorstore.cli", "--url", redis_url, "load", str(path),
+         "--name", name, "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_until_loading(client: redis.Redis, name: str, version: int, proc: subprocess.Popen,
+                        at_least: int = 20_000) -> None:
+    """Return once the loader has written ``at_least`` vectors of ``version``."""
+    deadline = time.monotonic() + 60
+    pattern = Keys(name).version_pattern(version)
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if client.exists(Keys(name).meta(version)) and client.dbsize() > at_least:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no keys matching {pattern} appeared")
+
+
+@pytest.fixture()
+def served(client: redis.Redis) -> KeyedVectors:
+    kv = synthetic_kv(count=700, dim=100)
+    load(kv, "m", client=client, progress=False)
+    return kv
+
+
+def test_sigkilled_load_is_invisible_and_cleaned_by_the_next(
+        client: redis.Redis, redis_url: str, big_file: Path, served: KeyedVectors) -> None:
+    proc = _start_cli_load(redis_url, big_file, "m")
+    _wait_until_loading(client, "m", 2, proc)
+    proc.kill()
+    proc.communicate()
+    assert client.get("vs:m#current") == b"1"
+    assert_same(client, "m", served)
+    assert verify("m", client=client).ok
+    assert len(version_keys(client, "m", 2)) > 10_000  # staging data left behind, unseen
+
+    meta = load(big_file, "m", client=client, progress=False, grace=0)  # takes the dead lock
+    assert (meta.version, meta.count) == (3, 300_000)
+    assert verify("m", client=client).ok
+    assert version_keys(client, "m", 1) == [] and version_keys(client, "m", 2) == []
+    assert client.smembers("vs:m#versions") == {b"3"}
+    assert client.dbsize() == 300_000 + -(-300_000 // I2K_CHUNK) + 5  # + meta current seq versions models
+
+
+def test_interrupted_load_cleans_up(client: redis.Redis, redis_url: str, big_file: Path,
+                                    served: KeyedVectors) -> None:
+    before = set(client.keys("*"))
+    proc = _start_cli_load(redis_url, big_file, "m")
+    _wait_until_loading(client, "m", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"Aborted" in err, err
+    assert b"Traceback" not in err
+    assert set(client.keys("*")) == before  # staging version and lock gone
+    assert_same(client, "m", served)
+
+
+def test_second_loader_is_refused_while_one_runs(client: redis.Redis, redis_url: str,
+                                                 big_file: Path, served: KeyedVectors) -> None:
+    proc = _start_cli_load(redis_url, big_file, "m")
+    try:
+        _wait_until_loading(client, "m", 2, proc, at_least=1000)
+        with pytest.raises(LoadInProgressError, match=rf"being loaded by "
+                                                      rf"{socket.gethostname()}:{proc.pid}:"):
+            load(served, "m", client=client, progress=False)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert_same(client, "m", served)
+
+
+# --- verify, info, list, drop -------------------------------------------------------
+
+
+def test_verify_detects_tampering(client: redis.Redis) -> None:
+    load(synthetic_kv(count=2100, dim=8), "m", client=client, progress=False)
+    good = verify("m", client=client)
+    assert good.ok and good.found_count == good.expected_count == 2100
+    assert good.found_checksum == good.expected_checksum != ""
+
+    client.setrange(Keys("m").token(1, "w1500"), 5, b"\x7f")  # one flipped byte of a float
+    tampered = verify("m", client=client)
+    assert not tampered.ok and tampered.problems == []
+    assert tampered.found_checksum != tampered.expected_checksum
+
+    client.delete(Keys("m").token(1, "w7"))
+    client.set(Keys("m").token(1, "w8"), b"short")
+    problems = verify("m", client=client).problems
+    assert problems == ["token 'w7' (index 7): no vector stored",
+                        "token 'w8' (index 8): value has 5 bytes, expected 36"]
+
+
+def test_info_list_and_memory_estimate(client: redis.Redis) -> None:
+    assert list_models(client=client) == []
+    before = client.info("memory")["used_memory"]
+    load(synthetic_kv(count=5000, dim=50), "b", client=client, progress=False)
+    used = client.info("memory")["used_memory"] - before
+    load(synthetic_kv(count=10, dim=3), "a", client=client, progress=False)
+    assert list_models(client=client) == ["a", "b"]
+    m = info("b", client=client)
+    assert (m.name, m.meta.version, m.meta.dim, m.meta.count, m.meta.dtype) == (
+        "b", 1, 50, 5000, "float32")
+    assert m.versions == [1] and m.loading is None
+    assert m.meta.source == "<in-memory KeyedVectors>" and m.meta.created_at > time.time() - 60
+    assert 0.8 * used < m.bytes_used < 1.2 * used, (m.bytes_used, used)
+    with pytest.raises(ModelNotFoundError):
+        info("nope", client=client)
+
+
+def test_drop(client: redis.Redis) -> None:
+    load(synthetic_kv(count=100), "m", client=client, progress=False)
+    load(synthetic_kv(count=100), "keep", client=client, progress=False)
+    kept = set(client.keys("vs:keep*"))
+    assert drop("m", client=client) == 100 + 1 + 1 + 2  # tokens, i2k, meta, current+versions
+    assert set(client.keys("*")) == kept | {b"vs#models", b"vs:m#seq"}
+    assert list_models(client=client) == ["keep"]
+    with pytest.raises(ModelNotFoundError):
+        drop("m", client=client)
+    # the counter stays: a reload never reuses a version a reader may have cached
+    assert load(synthetic_kv(count=5), "m", client=client, progress=False).version == 2
+
+
+def test_names_are_validated(client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="invalid model name"):
+        load(synthetic_kv(count=5), "bad:name", client=client, progress=False)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        load(synthetic_kv(count=5), "m", client=client, progress=False, dtype="int8")

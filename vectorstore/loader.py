@@ -1,0 +1,593 @@
+"""Load word vectors into Redis atomically, and inspect, verify or drop loaded models.
+
+A load writes a fresh version next to the one being served and flips the
+model's alias only when every vector is written, so readers never see a
+half-loaded model:
+
+1. take the model's lock (``SET NX PX``, renewed while loading; a lock left by
+   a dead process on this host is taken over);
+2. delete leftover versions of earlier loads that died (all versions but the
+   current one: holding the lock means nobody else is writing);
+3. ``INCR`` the version counter, register the version, write metadata with
+   state ``loading``;
+4. write each batch with one ``MSETNX`` (a duplicate token makes it fail) and
+   the index->token chunks, while hashing tokens and vector bytes (blake2b);
+5. in one ``MULTI``/``EXEC`` (guarded by ``WATCH`` on the lock): mark the
+   version ready with its count and checksum, point the alias at it, list the
+   model; then, after ``grace`` seconds, delete the previous version.
+
+Any error or Ctrl-C deletes the new version's keys and releases the lock; a
+SIGKILLed load leaves keys nobody sees, removed by the next load.
+
+>>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
+>>> meta.count, meta.dim
+(3000000, 300)
+>>> verify("news").ok                                                   # doctest: +SKIP
+True
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import hiredis
+import numpy as np
+import redis
+from tqdm import tqdm
+
+from .codec import Codec, Meta, check_dtype
+from .connection import connect
+from .errors import LoadError, LoadInProgressError, ModelNotFoundError
+from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
+from .readers import DEFAULT_BATCH, Reader, open_vectors
+
+logger = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 15_000
+SCAN_COUNT = 5000
+MEMORY_SAMPLE = 128
+MAX_PROBLEMS = 20
+
+# Compare-and-set on the lock value: renew, release, or take over a dead owner's lock.
+_RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+_RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('DEL', KEYS[1]) else return 0 end")
+_TAKE_OVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+              "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end")
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify`: what the metadata says versus what Redis holds."""
+
+    name: str
+    version: int
+    expected_count: int
+    found_count: int
+    expected_checksum: str
+    found_checksum: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (not self.problems and self.found_count == self.expected_count
+                and self.found_checksum == self.expected_checksum)
+
+
+@dataclass
+class ModelInfo:
+    """Outcome of :func:`info`: the served version's metadata and the model's footprint."""
+
+    name: str
+    meta: Meta
+    versions: list[int]
+    bytes_used: int
+    loading: Optional[str] = None
+
+
+def load(source: Any, name: str, *, url: Optional[str] = None,
+         client: Optional[redis.Redis] = None, fmt: str = "auto", limit: Optional[int] = None,
+         dtype: str = "float32", batch_size: int = DEFAULT_BATCH, progress: bool = True,
+         prefix: str = DEFAULT_PREFIX, grace: float = 2.0) -> Meta:
+    """Load the vectors of ``source`` as model ``name``; return the published metadata.
+
+    Args:
+        source: path of a vector file (see :mod:`vectorstore.readers`) or a gensim
+            ``KeyedVectors``.
+        name: model name; a reload replaces the served version atomically.
+        url, client: where to load (``client`` wins); default from the environment.
+        fmt: file format, ``"auto"`` to detect it.
+        limit: load only the first ``limit`` records.
+        dtype: stored float type, ``"float32"`` or ``"float16"``.
+        batch_size: records per ``MSETNX``.
+        progress: show a tqdm progress bar on stderr.
+        prefix: key namespace.
+        grace: seconds between publishing and deleting the previous version,
+            so readers that still use it can notice the new alias.
+
+    Raises:
+        LoadError: the file is malformed (the message names file and line/record).
+        LoadInProgressError: another live process is loading ``name``.
+
+    >>> load(kv, "demo", progress=False).count                         # doctest: +SKIP
+    2000
+    """
+    keys = Keys(name, prefix)
+    check_dtype(dtype)
+    with open_vectors(source, fmt, limit=limit, batch_size=batch_size) as reader, \
+            _connection(url, client) as r, _Lock(r, keys) as lock:
+        _remove_leftovers(r, keys)
+        old = _current_version(r, keys)
+        version: Optional[int] = None
+        try:
+            version = int(r.incr(keys.seq))
+            r.sadd(keys.versions, version)
+            meta = Meta(version=version, dim=reader.dim, dtype=dtype, count=reader.count or 0,
+                        source=reader.source, extra={"format": reader.fmt})
+            r.hset(keys.meta(version), mapping=meta.to_hash())
+            started = time.monotonic()
+            meta.count, meta.checksum = _write(r, keys, version, reader, Codec(reader.dim, dtype),
+                                               lock, progress)
+            if not meta.count:
+                raise LoadError(f"{reader.source}: no vectors to load")
+            meta.state = "ready"
+            meta.extra["load_seconds"] = f"{time.monotonic() - started:.3f}"
+            _publish(r, keys, meta, lock)
+        except BaseException:
+            if version is not None:
+                with suppress(redis.RedisError):
+                    _delete_version(r, keys, version)
+                    if version == 1:  # this load created the counter: leave nothing behind
+                        r.delete(keys.seq)
+            raise
+        if old is not None:
+            time.sleep(grace)
+            try:
+                _delete_version(r, keys, old)
+            except redis.RedisError as exc:
+                logger.warning("model %s: could not delete replaced version %s (%s); "
+                               "the next load removes it", name, old, exc)
+        return meta
+
+
+def drop(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+         prefix: str = DEFAULT_PREFIX) -> int:
+    """Delete model ``name`` (every version); return the number of keys deleted.
+
+    The alias goes first, so readers see "no such model", never a half-deleted
+    one. The version counter stays, so a later load never reuses a version
+    number that a reader may still have cached.
+
+    Raises:
+        ModelNotFoundError: nothing of ``name`` exists.
+        LoadInProgressError: a load of ``name`` is running.
+    """
+    keys = Keys(name, prefix)
+    with _connection(url, client) as r, _Lock(r, keys):
+        current = _current_version(r, keys)
+        versions = {int(v) for v in r.smembers(keys.versions)}
+        if current is None and not versions and not r.sismember(keys.models, name):
+            raise ModelNotFoundError(f"no model named {name!r} under prefix {prefix!r}")
+        with r.pipeline() as pipe:
+            pipe.delete(keys.current, keys.versions)
+            pipe.srem(keys.models, name)
+            deleted = pipe.execute()[0]
+        for version in sorted(versions | ({current} if current is not None else set())):
+            deleted += _delete_version(r, keys, version)
+        return deleted
+
+
+def list_models(*, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+                prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Names of the published models under ``prefix``, sorted.
+
+    >>> list_models()                                                  # doctest: +SKIP
+    ['glove', 'news']
+    """
+    with _connection(url, client) as r:
+        return sorted(n.decode() for n in r.smembers(models_key(prefix)))
+
+
+def info(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+         prefix: str = DEFAULT_PREFIX) -> ModelInfo:
+    """Metadata of the served version of ``name``, versions present, and bytes used.
+
+    ``bytes_used`` is an estimate: ``MEMORY USAGE`` of a sample of vector keys
+    times the count, plus every index->token chunk and the metadata.
+
+    >>> m = info("news")                                               # doctest: +SKIP
+    >>> m.meta.dim, m.meta.count, m.versions, m.bytes_used // 2**20
+    (300, 3000000, [7], 3843)
+    """
+    keys = Keys(name, prefix)
+    with _connection(url, client) as r:
+        meta = _current_meta(r, keys)
+        versions = sorted(int(v) for v in r.smembers(keys.versions))
+        holder = r.get(keys.lock)
+        return ModelInfo(name=name, meta=meta, versions=versions,
+                         bytes_used=_memory_estimate(r, keys, meta),
+                         loading=holder.decode(errors="replace") if holder else None)
+
+
+def verify(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+           prefix: str = DEFAULT_PREFIX) -> VerifyResult:
+    """Recompute the served version's count and checksum from Redis and compare.
+
+    >>> result = verify("news")                                        # doctest: +SKIP
+    >>> result.ok, result.found_count
+    (True, 3000000)
+    """
+    keys = Keys(name, prefix)
+    with _connection(url, client) as r:
+        meta = _current_meta(r, keys)
+        codec, token_prefix = meta.codec(), keys.token_prefix(meta.version)
+        digest = hashlib.blake2b()
+        problems: list[str] = []
+        bad = found = chunk = 0
+        while (raw := r.get(keys.i2k(meta.version, chunk))) is not None:
+            tokens = [t.encode() for t in raw.decode("utf-8", "replace").split("\n")]
+            values = r.mget([token_prefix + t for t in tokens])
+            present = []
+            for i, (token, value) in enumerate(zip(tokens, values), start=found):
+                problem = _value_problem(value, i, codec)
+                if problem is None:
+                    present.append(i - found)
+                    continue
+                bad += 1
+                if len(problems) < MAX_PROBLEMS:
+                    problems.append(f"token {token.decode()!r} (index {i}): {problem}")
+            digest.update(_checksum_input([tokens[j] for j in present],
+                                          [values[j] for j in present], codec.payload))
+            found += len(tokens)
+            chunk += 1
+        if bad > len(problems):
+            problems.append(f"... and {bad - len(problems)} more")
+        return VerifyResult(name=name, version=meta.version, expected_count=meta.count,
+                            found_count=found, expected_checksum=meta.checksum,
+                            found_checksum=digest.hexdigest(), problems=problems)
+
+
+def _value_problem(value: Optional[bytes], index: int, codec: Codec) -> Optional[str]:
+    """What is wrong with the stored ``value`` of the token at ``index``, if anything."""
+    if value is None:
+        return "no vector stored"
+    if len(value) != codec.size:
+        return f"value has {len(value)} bytes, expected {codec.size}"
+    stored = int.from_bytes(value[-4:], "little")
+    return None if stored == index else f"value carries index {stored}"
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Codec,
+           lock: "_Lock", progress: bool) -> tuple[int, str]:
+    """Write every batch of ``reader`` as ``version``; return (count, checksum)."""
+    token_prefix = keys.token_prefix(version)
+    pending: list[str] = []  # tokens of the index->token chunk being filled
+    chunk = count = 0
+    writer = _Writer(r, reader, codec)
+    try:
+        with tqdm(total=reader.count, unit=" vectors", unit_scale=True, disable=not progress,
+                  desc=f"loading {keys.name}", mininterval=0.5) as bar:
+            for tokens, vectors, first in reader:
+                lock.check()
+                if codec.dtype == "float16":
+                    _check_float16(reader, vectors, first)
+                raw = [t.encode() for t in tokens]
+                job = _Job(first, tokens, [token_prefix + t for t in raw],
+                           codec.encode(vectors, start=first), [], b"")
+                job.hashed = _checksum_input(raw, job.values, codec.payload)
+                pending += tokens
+                while len(pending) >= I2K_CHUNK:
+                    job.chunks.append((keys.i2k(version, chunk), "\n".join(pending[:I2K_CHUNK])))
+                    del pending[:I2K_CHUNK]
+                    chunk += 1
+                writer.send(job)
+                count += len(raw)
+                bar.update(len(raw))
+            if pending:
+                writer.send(_Job(count, [], [], [], [(keys.i2k(version, chunk), "\n".join(pending))],
+                                 b""))
+            writer.close()
+    finally:
+        writer.stop()
+    return count, writer.digest.hexdigest()
+
+
+@dataclass
+class _Job:
+    """One batch, ready to send: vector keys and values, index->token chunks, hash input."""
+
+    first: int
+    tokens: list[str]
+    names: list[bytes]
+    values: list[bytes]
+    chunks: list[tuple[str, str]]
+    hashed: bytes
+
+
+class _Writer:
+    """Writes jobs in order from a thread and a connection of its own.
+
+    The thread sends a job before reading the replies to the previous one, so
+    the caller's parsing, the network and Redis all work at once. Errors of the
+    thread, such as a duplicate token found by ``MSETNX``, are raised in the
+    caller at its next :meth:`send` or at :meth:`close`. Once :meth:`stop`
+    returns, Redis has executed everything that was sent.
+    """
+
+    def __init__(self, r: redis.Redis, reader: Reader, codec: Codec, depth: int = 4) -> None:
+        self.r, self.reader, self.codec = r, reader, codec
+        self.digest = hashlib.blake2b()
+        self._conn = r.connection_pool.get_connection()
+        self._jobs: queue.Queue[Optional[_Job]] = queue.Queue(depth)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="vectorstore writer", daemon=True)
+        self._thread.start()
+
+    def send(self, job: _Job) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        """Wait until every job is written; raise the first error."""
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        """Let the thread write what it has sent, skip the rest, and end."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        unread: deque[_Job] = deque()  # sent, replies not read yet
+        while (job := self._jobs.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining, so the caller never blocks
+            try:
+                self._conn.send_packed_command(self._pack(job), check_health=False)
+                unread.append(job)
+                if len(unread) > 1:
+                    self._finish(unread.popleft())
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+        while unread:  # Redis must have run all we sent before the caller cleans up
+            try:
+                self._finish(unread.popleft())
+            except BaseException as exc:
+                self._error = self._error or exc
+        self._conn.disconnect()  # a failed job may have left replies unread
+        self.r.connection_pool.release(self._conn)
+
+    @staticmethod
+    def _pack(job: _Job) -> list[bytes]:
+        packed = []
+        if job.names:
+            args: list[Any] = [b""] * (2 * len(job.names) + 1)
+            args[0], args[1::2], args[2::2] = b"MSETNX", job.names, job.values
+            packed.append(hiredis.pack_command(tuple(args)))
+        packed += [hiredis.pack_command(("SET", key, tokens)) for key, tokens in job.chunks]
+        return packed
+
+    def _finish(self, job: _Job) -> None:
+        """Read the replies to ``job``; hash it, or raise for a duplicate token."""
+        replies = [self._conn.read_response() for _ in range(bool(job.names) + len(job.chunks))]
+        if job.names and not replies[0]:
+            existing = self.r.mget(job.names)
+            i = next(i for i, v in enumerate(existing) if v is not None)
+            earlier = int(self.codec.decode_indexes([existing[i]])[0])
+            raise self.reader.error(job.first + i, f"duplicate token {job.tokens[i]!r} "
+                                                   f"(first at {self.reader.locate(earlier)})")
+        self.digest.update(job.hashed)
+
+
+def _checksum_input(tokens: Sequence[bytes], values: Sequence[bytes], payload: int) -> bytes:
+    """Per record: token bytes, ``"\\n"``, the stored vector bytes (without the index)."""
+    parts: list[Any] = [b""] * (2 * len(tokens))
+    parts[::2] = [t + b"\n" for t in tokens]
+    parts[1::2] = [memoryview(v)[:payload] for v in values]
+    return b"".join(parts)
+
+
+def _check_float16(reader: Reader, vectors: np.ndarray, first: int) -> None:
+    """Raise LoadError for a value too large for float16 (it would become inf)."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(vectors.astype(np.float16))
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise reader.error(first + int(row), f"value {vectors[row, col]} (field {col + 1}) "
+                           f"does not fit in float16 (max 65504): load it as float32")
+
+
+def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: "_Lock") -> None:
+    """Mark ``meta``'s version ready and point the alias at it, if we still hold the lock."""
+    with r.pipeline() as pipe:
+        try:
+            pipe.watch(keys.lock)
+            if pipe.get(keys.lock) != lock.owner.encode():
+                raise lock.lost()
+            pipe.multi()
+            pipe.hset(keys.meta(meta.version), mapping=meta.to_hash())
+            pipe.set(keys.current, meta.version)
+            pipe.sadd(keys.models, keys.name)
+            pipe.execute()
+        except redis.WatchError:
+            raise lock.lost() from None
+
+
+def _delete_version(r: redis.Redis, keys: Keys, version: int) -> int:
+    """Delete every key of ``version`` and unregister it; return the number deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in r.scan_iter(match=keys.version_pattern(version), count=SCAN_COUNT):
+        batch.append(key)
+        if len(batch) >= SCAN_COUNT:
+            deleted += r.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += r.unlink(*batch)
+    r.srem(keys.versions, version)
+    return deleted
+
+
+def _remove_leftovers(r: redis.Redis, keys: Keys) -> None:
+    """Delete every version but the current one (call with the lock held)."""
+    current = _current_version(r, keys)
+    for version in sorted(int(v) for v in r.smembers(keys.versions)):
+        if version != current:
+            logger.info("model %s: removing leftover version %s", keys.name, version)
+            _delete_version(r, keys, version)
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def _current_version(r: redis.Redis, keys: Keys) -> Optional[int]:
+    raw = r.get(keys.current)
+    return None if raw is None else int(raw)
+
+
+def _current_meta(r: redis.Redis, keys: Keys) -> Meta:
+    version = _current_version(r, keys)
+    raw = r.hgetall(keys.meta(version)) if version is not None else None
+    if not raw:
+        raise ModelNotFoundError(f"no model named {keys.name!r} under prefix {keys.prefix!r}")
+    return Meta.from_hash(raw)
+
+
+def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
+    """Bytes of ``meta``'s version: sampled vector keys x count, plus structure keys."""
+    chunks = -(-meta.count // I2K_CHUNK)
+    structure = [keys.meta(meta.version), keys.vset(meta.version)]
+    structure += [keys.i2k(meta.version, c) for c in range(chunks)]
+    picked = sorted({c * max(chunks - 1, 0) // 7 for c in range(8)})  # 8 chunks, evenly spread
+    token_prefix = keys.token_prefix(meta.version)
+    sample: list[bytes] = []
+    for raw in r.mget([keys.i2k(meta.version, c) for c in picked]):
+        tokens = raw.decode().split("\n") if raw else []
+        step = max(1, len(tokens) * len(picked) // MEMORY_SAMPLE)
+        sample += [token_prefix + t.encode() for t in tokens[::step]]
+    with r.pipeline(transaction=False) as pipe:
+        for key in [*sample, *structure]:
+            pipe.memory_usage(key)
+        sizes = pipe.execute()
+    vector_sizes = [s for s in sizes[:len(sample)] if s is not None]
+    per_vector = sum(vector_sizes) / len(vector_sizes) if vector_sizes else 0
+    return int(per_vector * meta.count) + sum(s or 0 for s in sizes[len(sample):])
+
+
+@contextmanager
+def _connection(url: Optional[str], client: Optional[redis.Redis]) -> Iterator[redis.Redis]:
+    """``client`` as is, or a new connection to ``url`` closed on exit."""
+    if client is not None:
+        yield client
+        return
+    r = connect(url)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+# --- the lock -----------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
+    return True
+
+
+def _dead_here(holder: str) -> bool:
+    """True if ``holder`` (``host:pid:uuid``) names a process of this host that is gone."""
+    parts = holder.rsplit(":", 2)
+    return (len(parts) == 3 and parts[1].isdigit() and parts[0] == socket.gethostname()
+            and not _pid_alive(int(parts[1])))
+
+
+class _Lock:
+    """The loader lock of one model, renewed by a background thread while held.
+
+    The value ``host:pid:uuid`` names the owner, so a lock whose owner died on
+    this host is taken over at once instead of waiting for it to expire.
+    """
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r, self.key, self.name = r, keys.lock, keys.name
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._take_over = r.register_script(_TAKE_OVER)
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "_Lock":
+        for _ in range(3):  # the holder may change between our SET and GET
+            if self.r.set(self.key, self.owner, nx=True, px=LOCK_TTL_MS):
+                break
+            raw = self.r.get(self.key)
+            if raw is None:
+                continue
+            holder = raw.decode(errors="replace")
+            if not _dead_here(holder):
+                ttl = self.r.pttl(self.key)
+                raise LoadInProgressError(
+                    f"model {self.name!r} is being loaded by {holder} (lock {self.key}, "
+                    f"expires in {max(ttl, 0) / 1000:.1f} s unless renewed)")
+            if self._take_over(keys=[self.key], args=[holder, self.owner, LOCK_TTL_MS]):
+                logger.warning("model %s: took over the lock of dead loader %s",
+                               self.name, holder)
+                break
+        else:
+            raise LoadInProgressError(f"model {self.name!r}: lock {self.key} keeps changing hands")
+        self._thread = threading.Thread(target=self._keep, name=f"lock {self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _keep(self) -> None:
+        while not self._stop.wait(LOCK_TTL_MS / 3000):
+            try:
+                if not self._renew(keys=[self.key], args=[self.owner, LOCK_TTL_MS]):
+                    self._lost.set()
+                    return
+            except redis.RedisError as exc:  # retried at the next tick, well before expiry
+                logger.warning("model %s: could not renew lock %s: %s", self.name, self.key, exc)
+
+    def check(self) -> None:
+        """Raise LoadInProgressError if another loader took the lock from us."""
+        if self._lost.is_set():
+            raise self.lost()
+
+    def lost(self) -> LoadInProgressError:
+        return LoadInProgressError(
+            f"model {self.name!r}: lost lock {self.key} (it expired or was taken over); "
+            f"this load was abandoned")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with suppress(redis.RedisError):
+            self._release(keys=[self.key], args=[self.owner])
