@@ -41,7 +41,8 @@ class Profile:
     scale_vocab: int
     scale_docs: int
     scale_doc_len: int
-    scale_idle: float  # seconds to watch the idle pool shrink (autoscale keepalive is 30 s)
+    scale_idle: float  # seconds to watch the idle pool shrink
+    scale_keepalive: float  # Celery's AUTOSCALE_KEEPALIVE: autoscaler period, idle time to shrink
     # 6. batch tasks
     batch_docs: int
     batch_sizes: tuple[int, ...] = field(default=(1, 2, 5, 10, 20, 50))
@@ -53,21 +54,22 @@ PROFILES = {
         latency_warmup_docs=5, coldstart_sizes=(2000,), coldstart_repeats=1,
         memory_size=2000, memory_seed_size=500, similarity_sizes=(500,),
         similarity_queries=5, scale_vocab=2000, scale_docs=20, scale_doc_len=20,
-        scale_idle=0.0, batch_docs=20, batch_sizes=(1, 5)),
+        scale_idle=0.0, scale_keepalive=30.0, batch_docs=20, batch_sizes=(1, 5)),
     "quick": Profile(
         name="quick", dim=300, latency_vocab=100_000,
         latency_docs={10: 200, 100: 200, 1000: 30}, latency_warmup_docs=300,
         coldstart_sizes=(10_000, 100_000), coldstart_repeats=2,
         memory_size=100_000, memory_seed_size=10_000, similarity_sizes=(10_000,),
-        similarity_queries=100, scale_vocab=100_000, scale_docs=600, scale_doc_len=100,
-        scale_idle=40.0, batch_docs=400),
+        similarity_queries=100, scale_vocab=100_000, scale_docs=3000, scale_doc_len=100,
+        scale_idle=25.0, scale_keepalive=10.0, batch_docs=400),
     "full": Profile(
         name="full", dim=300, latency_vocab=1_000_000,
         latency_docs={10: 1000, 100: 1000, 1000: 200}, latency_warmup_docs=2000,
         coldstart_sizes=(10_000, 100_000, 1_000_000, 3_000_000), coldstart_repeats=3,
         memory_size=1_000_000, memory_seed_size=100_000, similarity_sizes=(100_000, 1_000_000),
-        similarity_queries=300, scale_vocab=1_000_000, scale_docs=5000, scale_doc_len=100,
-        scale_idle=45.0, batch_docs=2000, batch_sizes=(1, 2, 5, 10, 20, 50, 100)),
+        similarity_queries=300, scale_vocab=1_000_000, scale_docs=20_000, scale_doc_len=100,
+        scale_idle=70.0, scale_keepalive=30.0, batch_docs=2000,
+        batch_sizes=(1, 2, 5, 10, 20, 50, 100)),
 }
 
 

@@ -115,13 +115,14 @@ def run(ctx: Context) -> None:
         client = redis.Redis.from_url(server.url)
         with memory_delta(client) as stored:
             load(str(m.bin_path), m.name, url=server.url, progress=False)
+        keepalive = {"AUTOSCALE_KEEPALIVE": str(p.scale_keepalive)}
         ours = burst("vectorstore", "tasks", "tasks.vectorize_document", {"model": m.name},
-                     server.url, docs, p.scale_idle, {"VECTORSTORE_MODEL": m.name},
+                     server.url, docs, p.scale_idle, {"VECTORSTORE_MODEL": m.name, **keepalive},
                      m.load(mmap="r")[docs[0]])
         client.flushall()
         gensim_run = burst(f"gensim in memory ({n_mem:,})", "benchmarks.inmemory",
                            "bench.vectorize_document", {}, server.url, mem_docs, p.scale_idle,
-                           {"BENCH_KV_PATH": str(m_mem.kv_path)},
+                           {"BENCH_KV_PATH": str(m_mem.kv_path), **keepalive},
                            m_mem.load(mmap="r")[mem_docs[0]])
         bare = _bare_worker_rss(server.url)
         client.close()
@@ -131,7 +132,9 @@ def run(ctx: Context) -> None:
     sec.text(
         f"Burst: {p.scale_docs:,} `vectorize_document` tasks of {p.scale_doc_len} Zipf tokens, "
         f"sent at once to `celery -A tasks worker {AUTOSCALE}` (model {m.count:,} x {p.dim} "
-        f"in Redis), then {p.scale_idle:.0f} s idle. The anchor runs the same Celery settings "
+        f"in Redis), then {p.scale_idle:.0f} s idle. Celery's autoscaler runs every "
+        f"AUTOSCALE_KEEPALIVE = {p.scale_keepalive:.0f} s (default 30 s) and shrinks the pool "
+        f"once no task arrived for that long. The anchor runs the same Celery settings "
         f"with each pool process loading a {n_mem:,} x {p.dim} gensim model into its own memory "
         f"on its first task. Throughput = tasks / (last result - first send). RSS of a pool "
         f"process that has not run a task (forked, idle): {bare / MB:.0f} MB.")
