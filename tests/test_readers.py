@@ -157,9 +157,11 @@ def test_keyed_vectors_source() -> None:
 
 def test_reader_streams_large_files_in_small_memory(tmp_path: Path) -> None:
     """A reader holds a batch and a few read-ahead chunks, never the file."""
-    kv = synthetic_kv(count=40000, dim=100)
-    path = save(kv, tmp_path / "big.bin", binary=True)
-    assert path.stat().st_size > 15 * 2**20
+    n, dim = 40000, 100
+    rows = np.random.default_rng(0).normal(size=(n, dim)).astype("<f4").tobytes()
+    path = tmp_path / "big.bin"
+    path.write_bytes(f"{n} {dim}\n".encode() + b"".join(
+        b"w%d " % i + rows[i * dim * 4:(i + 1) * dim * 4] for i in range(n)))
     tracemalloc.start()
     try:
         for _ in open_vectors(path, batch_size=100):

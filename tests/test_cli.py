@@ -1,0 +1,177 @@
+"""The ``vectorstore`` command: exit codes, messages, URL resolution, password redaction."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+import redis
+from click.testing import CliRunner, Result
+
+from conftest import TEST_DATA
+from vectorstore.cli import main
+from vectorstore.keys import Keys
+from vectorstore.server import free_port
+
+LEE = TEST_DATA / "lee_fasttext.vec"
+EUCLIDEAN = TEST_DATA / "euclidean_vectors.bin"
+
+
+def run(*args: str, input: Optional[str] = None, env: Optional[dict] = None) -> Result:
+    env = {"VECTORSTORE_URL": None, "REDIS_URL": None, **(env or {})}
+    return CliRunner().invoke(main, list(args), input=input, env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_load_list_info_verify_drop(redis_url: str, client: redis.Redis) -> None:
+    loaded = run("load", str(LEE), "--name", "lee", "--url", redis_url)
+    assert loaded.exit_code == 0, loaded.output
+    assert loaded.stdout.startswith("loaded lee version 1: 1762 vectors x 10 float32 "
+                                    "(word2vec-text) in ")
+    assert redis_url in loaded.stdout and "vectors/s" in loaded.stderr  # the progress bar
+
+    half = run("--url", redis_url, "load", str(EUCLIDEAN), "--name", "euc", "--format",
+               "word2vec-binary", "--dtype", "float16", "--limit", "100", "--batch-size", "7",
+               "--no-progress")
+    assert half.exit_code == 0 and half.stderr == "", half.output
+    assert "loaded euc version 1: 100 vectors x 10 float16" in half.stdout
+
+    listed = run("list", "--url", redis_url)
+    assert [line.split("\t")[:3] for line in listed.stdout.splitlines()] == [
+        ["euc", "version 1", "100 x 10 float16"], ["lee", "version 1", "1762 x 10 float32"]]
+
+    shown = run("info", "lee", "--url", redis_url)
+    assert shown.exit_code == 0
+    fields = dict(line.split(":", 1) for line in shown.stdout.splitlines())
+    assert {k: fields[k].strip() for k in ("name", "version", "dim", "count", "dtype", "format",
+                                           "source", "other versions", "loading")} == {
+        "name": "lee", "version": "1", "dim": "10", "count": "1762", "dtype": "float32",
+        "format": "word2vec-text", "source": str(LEE), "other versions": "none", "loading": "no"}
+    assert fields["memory"].strip().endswith("KiB (estimate)")
+
+    checked = run("verify", "lee", "--url", redis_url)
+    assert checked.exit_code == 0 and "lee version 1: ok (1762 vectors" in checked.stdout
+    client.setrange(Keys("lee").token(1, "the"), 0, b"\x00\x00\x00\x00")
+    tampered = run("verify", "lee", "--url", redis_url)
+    assert tampered.exit_code == 1 and "MISMATCH" in tampered.stderr
+
+    refused = run("drop", "lee", "--url", redis_url, input="n\n")
+    assert refused.exit_code == 1 and client.exists("vs:lee#current")
+    dropped = run("drop", "lee", "--url", redis_url, input="y\n")
+    assert dropped.exit_code == 0 and "dropped lee (" in dropped.stdout
+    assert run("drop", "euc", "--yes", "--url", redis_url).exit_code == 0
+    assert_one_line_error(run("drop", "lee", "--yes", "--url", redis_url),
+                          "no model named 'lee'")
+    empty = run("list", "--url", redis_url)
+    assert empty.exit_code == 0 and empty.stdout == "" and "no models" in empty.stderr
+
+
+def test_errors_are_one_line_with_exit_code_2(redis_url: str, tmp_path: Path,
+                                              client: redis.Redis) -> None:
+    bad = tmp_path / "bad.vec"
+    bad.write_text("2 3\na 1 2 3\nb 1 2\n")
+    assert_one_line_error(run("load", str(bad), "--name", "m", "--url", redis_url,
+                              "--no-progress"), f"{bad}, line 3: wrong number of values")
+    assert client.keys("*") == []
+    assert_one_line_error(run("load", str(tmp_path / "nope.bin"), "--name", "m",
+                              "--url", redis_url), "cannot read", "nope.bin")
+    assert_one_line_error(run("info", "nope", "--url", redis_url), "no model named 'nope'")
+    client.set("vs:m#lock", "elsewhere:1:x")
+    assert_one_line_error(run("load", str(LEE), "--name", "m", "--url", redis_url),
+                          "being loaded by elsewhere:1:x")
+
+    usage = run("load", str(LEE), "--name", "bad:name", "--url", redis_url)
+    assert usage.exit_code == 2 and "invalid model name" in usage.stderr
+    assert run("load", str(LEE), "--url", redis_url).exit_code == 2  # --name is required
+
+
+def test_unreachable_redis_and_password_redaction(tmp_path: Path) -> None:
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    for args in (["list"], ["load", str(LEE), "--name", "m", "--no-progress"]):
+        result = run("--url", url, *args)
+        assert_one_line_error(result, "cannot reach Redis at redis://user:***@127.0.0.1:")
+        assert "s3cret" not in result.output
+
+
+@pytest.fixture()
+def acl_user(client: redis.Redis, redis_url: str) -> Iterator[str]:
+    """URL of an ACL user with a password, on the session's Redis."""
+    client.execute_command("ACL", "SETUSER", "loader", "on", ">s3cret", "~*", "&*", "+@all")
+    yield redis_url.replace("redis://", "redis://loader:s3cret@")
+    client.execute_command("ACL", "DELUSER", "loader")
+
+
+def test_password_is_never_printed(acl_user: str) -> None:
+    outputs = []
+    for args in (["load", str(LEE), "--name", "m"], ["list"], ["info", "m"], ["verify", "m"],
+                 ["drop", "m"]):
+        result = run(*args, input="y\n", env={"VECTORSTORE_URL": acl_user})
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert "redis://loader:***@127.0.0.1:" in outputs[0]  # load names where it loaded
+    assert "redis://loader:***@127.0.0.1:" in outputs[4]  # drop asks about where
+    assert not any("s3cret" in out for out in outputs)
+
+    wrong = run("list", "--url", acl_user.replace("s3cret", "wrong-pw"))
+    assert_one_line_error(wrong, "redis://loader:***@")
+    assert "wrong-pw" not in wrong.output
+
+
+def test_url_comes_from_option_then_environment(redis_url: str) -> None:
+    assert run("load", str(LEE), "--name", "m", "--no-progress",
+               env={"VECTORSTORE_URL": redis_url}).exit_code == 0
+    assert run("info", "m", env={"REDIS_URL": redis_url}).exit_code == 0
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    assert run("info", "m", env={"VECTORSTORE_URL": redis_url, "REDIS_URL": dead}).exit_code == 0
+    assert run("info", "m", env={"VECTORSTORE_URL": dead}).exit_code == 2
+    assert run("--url", dead, "info", "m", "--url", redis_url).exit_code == 0  # innermost wins
+    assert run("--url", redis_url, "info", "m", env={"VECTORSTORE_URL": dead}).exit_code == 0
+
+
+def _start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "vectorstore.cli", "server", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+@pytest.mark.parametrize("how,sig", [("port", signal.SIGTERM), ("unix", signal.SIGINT)])
+def test_server_runs_until_signalled(tmp_path: Path, how: str, sig: signal.Signals) -> None:
+    if how == "port":
+        port = free_port()
+        proc, url = _start_server("--port", str(port))
+        assert url == f"redis://127.0.0.1:{port}/0"
+    else:
+        sock = str(tmp_path / "r.sock")
+        proc, url = _start_server("--unix-socket", sock)
+        assert url == f"unix://{sock}"
+    try:
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_server_options_are_exclusive() -> None:
+    result = run("server", "--port", "7000", "--unix-socket", "/tmp/x.sock")
+    assert result.exit_code == 2 and "not both" in result.stderr
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("vectorstore")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "load" in result.stdout and "server" in result.stdout

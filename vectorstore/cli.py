@@ -1,0 +1,227 @@
+"""The ``vectorstore`` command: load, list, inspect, verify and drop models; run a Redis.
+
+Every command takes ``--url`` (also accepted before the command name); the
+default comes from ``VECTORSTORE_URL``, then ``REDIS_URL``, then
+``redis://localhost:6379/0``. Passwords are never printed. Expected failures
+print one line on stderr and exit with code 2; ``verify`` exits with 1 when
+the stored model does not match its metadata.
+
+Examples::
+
+    vectorstore server --port 6390 &
+    vectorstore --url redis://127.0.0.1:6390/0 load GoogleNews-vectors-negative300.bin.gz --name news
+    vectorstore list
+    vectorstore info news
+    vectorstore verify news
+    vectorstore drop news --yes
+"""
+from __future__ import annotations
+
+import datetime
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+import redis
+
+from . import loader
+from .codec import DTYPES
+from .connection import redact, resolve_url
+from .errors import VectorStoreError
+from .keys import check_name
+from .readers import FORMATS
+from .server import EmbeddedRedis
+
+_URL = "vectorstore.url"
+
+
+class _Group(click.Group):
+    """Turns expected errors into one line on stderr and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VectorStoreError as exc:
+            _fail(str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            _fail(f"cannot reach Redis at {redact(ctx.meta.get(_URL) or _url(ctx))}: {exc}")
+        except redis.RedisError as exc:
+            _fail(f"Redis error: {exc}")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def _url(ctx: click.Context) -> str:
+    """The URL of the innermost ``--url`` given, else of the environment (remembered
+    in ``ctx.meta``, which all contexts of a command line share, for error messages)."""
+    given: Optional[click.Context] = ctx
+    while given is not None and not given.params.get("url"):
+        given = given.parent
+    ctx.meta[_URL] = resolve_url(given.params["url"] if given is not None else None)
+    return ctx.meta[_URL]
+
+
+def _url_option(f: Callable) -> Callable:
+    return click.option("--url", metavar="URL", help="Redis URL (default: $VECTORSTORE_URL, "
+                        "$REDIS_URL, redis://localhost:6379/0).")(f)
+
+
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _size(n: float) -> str:
+    """``n`` bytes for humans: ``"3.6 GiB"``."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@click.group(name="vectorstore", cls=_Group)
+@_url_option
+def main(url: Optional[str]) -> None:
+    """Word vectors in Redis, served to workers through a gensim KeyedVectors API."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, callback=_name, help="Model name to load as.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="File format; auto detects it from the content.")
+@click.option("--limit", type=click.IntRange(min=1), help="Load only the first N vectors.")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32",
+              show_default=True, help="Stored float type; float16 halves the memory.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Vectors per Redis write.")
+@click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
+@_url_option
+@click.pass_context
+def load(ctx: click.Context, path: Path, name: str, fmt: str, limit: Optional[int], dtype: str,
+         batch_size: int, no_progress: bool, url: Optional[str]) -> None:
+    """Load the vector file PATH (.gz/.bz2 too) as model NAME, replacing it atomically."""
+    url = _url(ctx)
+    meta = loader.load(path, name, url=url, fmt=fmt, limit=limit, dtype=dtype,
+                       batch_size=batch_size, progress=not no_progress)
+    took = float(meta.extra["load_seconds"])
+    click.echo(f"loaded {name} version {meta.version}: {meta.count} vectors x {meta.dim} "
+               f"{meta.dtype} ({meta.extra['format']}) in {took:.1f} s "
+               f"({meta.count / max(took, 1e-6):,.0f}/s) into {redact(url)}")
+
+
+@main.command(name="list")
+@_url_option
+@click.pass_context
+def list_(ctx: click.Context, url: Optional[str]) -> None:
+    """List the loaded models."""
+    url = _url(ctx)
+    names = loader.list_models(url=url)
+    if not names:
+        click.echo(f"no models at {redact(url)}", err=True)
+    for name in names:
+        m = loader.info(name, url=url)
+        click.echo(f"{name}\tversion {m.meta.version}\t{m.meta.count} x {m.meta.dim} "
+                   f"{m.meta.dtype}\t{_size(m.bytes_used)}\t{m.meta.source}")
+
+
+@main.command()
+@click.argument("name", callback=_name)
+@_url_option
+@click.pass_context
+def info(ctx: click.Context, name: str, url: Optional[str]) -> None:
+    """Show the metadata and memory use of model NAME."""
+    m = loader.info(name, url=_url(ctx))
+    created = datetime.datetime.fromtimestamp(m.meta.created_at).isoformat(timespec="seconds")
+    others = [str(v) for v in m.versions if v != m.meta.version]
+    lines = {
+        "name": name,
+        "version": m.meta.version,
+        "dim": m.meta.dim,
+        "count": m.meta.count,
+        "dtype": m.meta.dtype,
+        "format": m.meta.extra.get("format", ""),
+        "source": m.meta.source,
+        "created": created,
+        "load time": f"{float(m.meta.extra.get('load_seconds', 'nan')):.1f} s",
+        "checksum": m.meta.checksum,
+        "other versions": ", ".join(others) or "none",
+        "memory": f"{_size(m.bytes_used)} (estimate)",
+        "loading": m.loading or "no",
+    }
+    for key, value in lines.items():
+        click.echo(f"{key + ':':16}{value}")
+
+
+@main.command()
+@click.argument("name", callback=_name)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_url_option
+@click.pass_context
+def drop(ctx: click.Context, name: str, yes: bool, url: Optional[str]) -> None:
+    """Delete model NAME and all its versions."""
+    url = _url(ctx)
+    if not yes:
+        click.confirm(f"Drop model {name} from {redact(url)}?", abort=True)
+    deleted = loader.drop(name, url=url)
+    click.echo(f"dropped {name} ({deleted} keys)")
+
+
+@main.command()
+@click.argument("name", callback=_name)
+@_url_option
+@click.pass_context
+def verify(ctx: click.Context, name: str, url: Optional[str]) -> None:
+    """Check model NAME against its metadata (count, checksum); exit 1 on mismatch."""
+    result = loader.verify(name, url=_url(ctx))
+    if result.ok:
+        click.echo(f"{name} version {result.version}: ok ({result.found_count} vectors, "
+                   f"checksum {result.found_checksum[:16]})")
+        return
+    click.echo(f"{name} version {result.version}: MISMATCH", err=True)
+    click.echo(f"  count:    expected {result.expected_count}, found {result.found_count}",
+               err=True)
+    click.echo(f"  checksum: expected {result.expected_checksum[:16]}, "
+               f"found {result.found_checksum[:16]}", err=True)
+    for problem in result.problems:
+        click.echo(f"  {problem}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port on 127.0.0.1 "
+              "(default: a free one).")
+@click.option("--unix-socket", type=click.Path(dir_okay=False), help="Listen on this unix "
+              "socket instead of TCP.")
+def server(port: Optional[int], unix_socket: Optional[str]) -> None:
+    """Run a local Redis (without persistence) until Ctrl-C or SIGTERM; print its URL."""
+    if port and unix_socket:
+        raise click.UsageError("give --port or --unix-socket, not both")
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    redis_server = EmbeddedRedis(port=port, unix_socket=unix_socket)
+    try:
+        redis_server.start()
+        click.echo(redact(redis_server.url))
+        while not stop.wait(0.2):
+            assert redis_server.process is not None
+            if redis_server.process.poll() is not None:
+                _fail(f"redis-server exited with code {redis_server.process.returncode}")
+    finally:
+        redis_server.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    click.echo("stopped", err=True)
+
+
+if __name__ == "__main__":
+    main()
