@@ -36,3 +36,7 @@ class IndexNotReadyError(VectorStoreError):
 
 class VectorSetsUnsupportedError(VectorStoreError):
     """The Redis server has no vector sets (VADD/VSIM need Redis 8 or later)."""
+
+
+class IndexInProgressError(VectorStoreError):
+    """Another process is building the vector index of this model version."""

@@ -10,6 +10,8 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:news:3#meta            hash: dim, dtype, count, checksum, state, ...
     vs:news:3#i2k:17          tokens 17*1024 .. 17*1024+1023, joined by "\\n"
     vs:news:3#vset            Redis 8 vector set (similarity index)
+    vs:news:3#vset-build      vector set being built, renamed to #vset when done
+    vs:news:3#vset-lock       index builder lock (SET NX PX, value names the owner)
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
 
 Token keys and structure keys of a version cannot collide: tokens always
@@ -92,6 +94,12 @@ class Keys:
 
     def vset(self, version: int) -> str:
         return f"{self.base}:{version}#vset"
+
+    def vset_build(self, version: int) -> str:
+        return f"{self.base}:{version}#vset-build"
+
+    def vset_lock(self, version: int) -> str:
+        return f"{self.base}:{version}#vset-lock"
 
     def token_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a UTF-8 token to get its vector key."""

@@ -1,0 +1,134 @@
+"""Building the vector-set index of a model version, on a real Redis 8."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import redis
+
+from vectorstore import ModelNotFoundError, RedisKeyedVectors
+from vectorstore.errors import IndexInProgressError
+from vectorstore.index import (build_index, check_quantization, index_memory, q8_error,
+                               read_status)
+from vectorstore.keys import Keys
+from vectorstore.loader import load
+
+from conftest import synthetic_kv
+
+KEYS = Keys("m")
+
+
+@pytest.fixture()
+def model(redis_url: str):
+    kv = synthetic_kv(2500, 16, clusters=25, seed=1)
+    load(kv, "m", url=redis_url, progress=False)
+    return kv
+
+
+def vadd_calls(client: redis.Redis) -> int:
+    return client.info("commandstats").get("cmdstat_VADD", {}).get("calls", 0)
+
+
+def test_build_records_progress_and_attributes(redis_url: str, client: redis.Redis, model) -> None:
+    assert read_status(client.execute_command, KEYS, 1).state == "none"
+    status = build_index("m", url=redis_url, m=8, ef=100, progress=False)
+    assert (status.state, status.quantization, status.m, status.ef) == ("ready", "q8", 8, 100)
+    assert status.done == status.total == 2500 and status.rate > 0 and status.built_at > 0
+    assert 0 < status.qerr < 0.05
+    assert status.describe() == "ready (q8 m=8 ef=100)"
+    assert client.execute_command("VCARD", KEYS.vset(1)) == 2500
+    for i in (0, 1234, 2499):
+        token = model.index_to_key[i]
+        assert json.loads(client.execute_command("VGETATTR", KEYS.vset(1), token)) == {"i": i}
+    assert index_memory(client.execute_command, KEYS, 1) > 2500 * 16
+    assert client.keys("*#vset*") == [KEYS.vset(1).encode()]  # no build key, no lock left
+
+
+def test_ready_index_is_kept_and_other_parameters_rebuild(redis_url: str, client: redis.Redis,
+                                                          model) -> None:
+    first = build_index("m", url=redis_url, progress=False)
+    client.config_resetstat()
+    assert build_index("m", url=redis_url, progress=False) == first
+    assert vadd_calls(client) == 0
+    second = build_index("m", url=redis_url, quantization="NOQUANT", progress=False)
+    assert (second.quantization, second.qerr) == ("noquant", 0.0)
+    assert vadd_calls(client) == 2500
+    assert client.vset().vinfo(KEYS.vset(1))[b"quant-type"] == b"f32"
+    build_index("m", url=redis_url, quantization="noquant", force=True, progress=False)
+    assert vadd_calls(client) == 5000
+
+
+def test_failed_build_reports_and_resumes(redis_url: str, client: redis.Redis) -> None:
+    load(synthetic_kv(8000, 16, seed=2), "m", url=redis_url, progress=False)
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 2_500_000)
+    try:
+        with pytest.raises(redis.OutOfMemoryError):
+            build_index("m", url=redis_url, progress=False)
+    finally:
+        client.config_set("maxmemory", 0)
+    status = read_status(client.execute_command, KEYS, 1)
+    assert status.state == "failed" and 0 < status.done < 8000 and status.done % 1024 == 0
+    assert "OutOfMemoryError" in status.error and "after" in status.describe()
+    assert "vectorstore index m" in str(status.not_ready("m"))
+    client.config_resetstat()
+    assert build_index("m", url=redis_url, progress=False).state == "ready"
+    assert vadd_calls(client) == 8000 - status.done
+
+
+def test_one_builder_at_a_time(redis_url: str, client: redis.Redis, model) -> None:
+    client.set(KEYS.vset_lock(1), "otherhost:42:abc", px=5000)
+    with pytest.raises(IndexInProgressError, match="otherhost:42:abc"):
+        build_index("m", url=redis_url, progress=False)
+    client.hset(KEYS.meta(1), mapping={"index_state": "building", "index_build": "q8 m=16 ef=200",
+                                       "index_done": 1024, "index_total": 2500})
+    status = read_status(client.execute_command, KEYS, 1)
+    assert status.running and "wait for the build" in str(status.not_ready("m"))
+    client.delete(KEYS.vset_lock(1))
+    assert "no builder is running" in read_status(client.execute_command, KEYS, 1).describe()
+
+
+def test_bad_arguments(redis_url: str, model) -> None:
+    with pytest.raises(ModelNotFoundError, match="'nope'"):
+        build_index("nope", url=redis_url, progress=False)
+    with pytest.raises(ModelNotFoundError, match="no version 7"):
+        build_index("m", url=redis_url, version=7, progress=False)
+    with pytest.raises(ValueError, match="q8, noquant, bin"):
+        check_quantization("q4")
+    with pytest.raises(ValueError, match="m >= 2"):
+        build_index("m", url=redis_url, m=1, progress=False)
+
+
+def test_index_of_a_version_not_yet_served(redis_url: str, client: redis.Redis, model) -> None:
+    """What the loader does with --index: index version 2 while version 1 is served."""
+    load(synthetic_kv(500, 16, seed=3), "m", url=redis_url, progress=False, grace=0)
+    client.set(KEYS.current, 1)  # pretend version 2 is still being loaded
+    build_index("m", url=redis_url, version=2, progress=False)
+    assert read_status(client.execute_command, KEYS, 2).ready
+    assert read_status(client.execute_command, KEYS, 1).state == "none"
+
+
+@pytest.mark.parametrize("quantization", ["q8", "noquant"])
+def test_index_scores_stay_within_the_exactness_bound(redis_url: str, client: redis.Redis,
+                                                      model, quantization: str) -> None:
+    """The premise of exact mode: Redis's cosine is within the bound of gensim's."""
+    status = build_index("m", url=redis_url, quantization=quantization, progress=False)
+    vectors = model.vectors
+    unit = vectors / np.linalg.norm(vectors, axis=1)[:, None]
+    if quantization == "q8":  # each stored element is within qerr of its unit vector
+        for i in range(0, 2500, 50):
+            raw = client.execute_command("VEMB", KEYS.vset(1), model.index_to_key[i], "RAW")
+            quants = np.frombuffer(raw[1], dtype=np.int8) * float(raw[3]) / 127
+            assert np.linalg.norm(quants - unit[i]) <= status.qerr
+        assert q8_error(vectors) <= status.qerr <= q8_error(vectors) * 1.01 + 1e-6
+    rng = np.random.default_rng(4)
+    for query in rng.normal(size=(20, 16)).astype(np.float32):
+        reply = client.execute_command("VSIM", KEYS.vset(1), "FP32", query.tobytes(),
+                                       "WITHSCORES", "COUNT", 2500, "TRUTH")
+        pairs = (list(reply.items()) if isinstance(reply, dict)
+                 else list(zip(reply[::2], reply[1::2])))
+        index_cos = np.array([2 * float(s) - 1 for _, s in pairs])
+        rows = [model.get_index(n.decode()) for n, _ in pairs]
+        exact = model.cosine_similarities(query, model.vectors[rows])
+        bound = RedisKeyedVectors._error(status, query / np.linalg.norm(query))
+        assert np.abs(index_cos - exact).max() <= bound < 0.1

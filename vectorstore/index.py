@@ -1,0 +1,477 @@
+"""The similarity index of a model version: a Redis 8 vector set built from its raw vectors.
+
+:func:`build_index` reads the version's tokens (``#i2k`` chunks) and raw
+vectors (MGET), and adds them with ``VADD`` to ``#vset-build``; when every
+vector is in, one script renames it to ``#vset`` and marks the index ready in
+the version's metadata hash. Lookups are untouched while it runs, and a
+rebuild (other quantization) keeps serving the old index until the swap.
+Each element is the token, with the attribute ``{"i": index}`` so that
+``restrict_vocab`` becomes a ``FILTER``.
+
+Progress lives in the metadata hash (``index_state``, ``index_done``,
+``index_total``, ...), so readers can say how far a build has got, and an
+interrupted build resumes where it stopped. The index belongs to its version:
+it goes when the loader deletes the version, and a reload needs a new one.
+
+Measured on 2 shared cores, 30k x 300 clustered vectors, Redis 8.2 (M 16,
+EF 200): q8 ~2.0-2.7k inserts/s, 991 B/vector; noquant ~1.3k/s, 1891 B/vector;
+bin ~4.5k/s, 731 B/vector; the ``{"i": n}`` attribute adds 32 B/vector.
+``workers > 1`` (``VADD ... CAS`` over several connections, so Redis searches
+for neighbours in threads) did not help on 2 cores; it pays on larger hosts.
+
+>>> status = build_index("news", quantization="q8")                 # doctest: +SKIP
+>>> status.state, status.quantization                               # doctest: +SKIP
+('ready', 'q8')
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import hiredis
+import numpy as np
+import redis
+from tqdm import tqdm
+
+from .codec import Meta
+from .connection import connect
+from .errors import (IndexInProgressError, IndexNotReadyError, ModelNotFoundError,
+                     VectorSetsUnsupportedError, VectorStoreError)
+from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
+
+QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
+DEFAULT_QUANTIZATION = "q8"
+DEFAULT_M = 16
+DEFAULT_EF = 200
+LOCK_TTL_MS = 60_000
+FIELDS = ("index_state", "index_quantization", "index_m", "index_ef", "index_qerr",
+          "index_built_at", "index_rate", "index_build", "index_done", "index_total",
+          "index_error")
+
+Call = Callable[..., Any]
+
+# Set fields of a version's metadata hash only while the hash exists, so that a
+# build never resurrects the metadata of a version the loader has deleted.
+_SET_IF_EXISTS = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+                  "return redis.call('HSET', KEYS[1], unpack(ARGV))")
+# Publish a finished build: replace the served index and mark it ready, atomically.
+_SWAP = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+         "redis.call('UNLINK', KEYS[3]) "
+         "if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end "
+         "return redis.call('HSET', KEYS[1], unpack(ARGV))")
+_RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+_RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('DEL', KEYS[1]) else return 0 end")
+
+
+def check_quantization(quantization: str) -> str:
+    """``quantization`` in lower case if it is one Redis knows, else raise ValueError.
+
+    >>> check_quantization("Q8")
+    'q8'
+    """
+    q = str(quantization).lower()
+    if q not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}: choose one of "
+                         f"{', '.join(QUANTIZATIONS)}")
+    return q
+
+
+def q8_error(vectors: np.ndarray) -> float:
+    """Largest L2 distance between a row of ``vectors``, unit-normalized, and its Q8 form.
+
+    Mirrors Redis (``quantize_to_q8``): each normalized vector is scaled so its
+    largest component is 127 and rounded half away from zero. Zero rows count 0.
+
+    >>> round(q8_error(np.array([[3.0, 4.0]], dtype=np.float32)), 6)
+    0.001575
+    """
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    norms = np.sqrt(np.einsum("ij,ij->i", v, v))
+    keep = norms > 0
+    if not keep.any():
+        return 0.0
+    unit = v[keep] / norms[keep, None]
+    step = np.abs(unit).max(axis=1, keepdims=True) / np.float32(127)
+    scaled = unit / step
+    quants = np.trunc(scaled + np.copysign(np.float32(0.5), scaled))
+    return float(np.sqrt(((unit - quants * step) ** 2).sum(axis=1)).max())
+
+
+# --- status -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """What a version's metadata says about its index, and about the build running.
+
+    ``state`` is ``none``, ``building`` (no usable index yet), ``ready`` or
+    ``failed``; ``quantization``/``m``/``ef``/``qerr`` describe the index in use,
+    ``build``/``done``/``total``/``error`` the current or last build.
+    ``qerr`` bounds the distance between any indexed unit vector and its
+    quantized form (exact mode's guarantee builds on it).
+    """
+
+    version: int
+    state: str = "none"
+    quantization: str = ""
+    m: int = 0
+    ef: int = 0
+    qerr: float = 0.0
+    built_at: float = 0.0
+    rate: float = 0.0
+    build: str = ""
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    running: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def params(self) -> str:
+        """Parameters of the index in use, in the form of :attr:`build`."""
+        return build_params(self.quantization, self.m, self.ef) if self.ready else ""
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.ready and self.build != self.params and self.done < self.total
+
+    def progress(self) -> str:
+        pct = 100 * self.done / self.total if self.total else 100.0
+        return f"{self.done:,} of {self.total:,} vectors indexed ({pct:.0f}%)"
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``building (q8 m=16 ef=200): 1,024 of 9,000 ...``."""
+        if self.ready:
+            text = f"ready ({self.params})"
+            if self.rebuilding:
+                text += f"; rebuilding as {self.build}: {self.progress()}"
+            elif self.error:
+                text += f"; last rebuild failed: {self.error}"
+            return text
+        if self.state == "building":
+            text = f"building ({self.build}): {self.progress()}"
+            return text if self.running else text + ", but no builder is running"
+        if self.state == "failed":
+            return f"failed ({self.build}) after {self.progress()}: {self.error}"
+        return "none"
+
+    def not_ready(self, name: str) -> IndexNotReadyError:
+        """The error a similarity call raises while this index is not usable."""
+        how = ("wait for the build to finish" if self.state == "building" and self.running
+               else f"build it with `vectorstore index {name}` (or load with --index)")
+        return IndexNotReadyError(
+            f"model {name!r} version {self.version} has no similarity index yet "
+            f"(index: {self.describe()}): {how}. Lookups work meanwhile.")
+
+
+def build_params(quantization: str, m: int, ef: int) -> str:
+    """The parameters of an index as stored in ``index_build``: ``"q8 m=16 ef=200"``."""
+    return f"{quantization} m={m} ef={ef}"
+
+
+def read_status(call: Call, keys: Keys, version: int) -> IndexStatus:
+    """The index status of ``version``, read with ``call(*redis_args)``."""
+    raw = call("HMGET", keys.meta(version), *FIELDS)
+    f = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in zip(FIELDS, raw)}
+    if not f["index_state"]:
+        return IndexStatus(version)
+    ints = {k: int(f[f"index_{k}"] or 0) for k in ("m", "ef", "done", "total")}
+    floats = {k: float(f[f"index_{k}"] or 0) for k in ("qerr", "built_at", "rate")}
+    running = f["index_state"] != "ready" and bool(call("EXISTS", keys.vset_lock(version)))
+    return IndexStatus(version, state=f["index_state"], quantization=f["index_quantization"] or "",
+                       build=f["index_build"] or "", error=f["index_error"] or "",
+                       running=running, **ints, **floats)
+
+
+def index_memory(call: Call, keys: Keys, version: int) -> Optional[int]:
+    """Bytes the served index of ``version`` uses (``MEMORY USAGE``), or None if it has none."""
+    return call("MEMORY", "USAGE", keys.vset(version), "SAMPLES", "0")
+
+
+# --- does the server have vector sets? ----------------------------------------------
+
+_SUPPORT: dict[str, Optional[str]] = {}  # server -> None if it has vector sets, else why not
+
+
+def server_id(client: redis.Redis) -> str:
+    """Where ``client`` connects (host:port/db or socket path), without credentials."""
+    kw = client.connection_pool.connection_kwargs
+    where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    return f"{where}/{kw.get('db', 0)}"
+
+
+def check_vector_sets(call: Call, server: str, probe_key: str) -> None:
+    """Raise VectorSetsUnsupportedError unless ``server`` has Redis 8 vector sets.
+
+    The server is probed once per process (``VCARD probe_key``; an unknown
+    command means no vector sets) and the answer is remembered.
+    """
+    if server not in _SUPPORT:
+        _SUPPORT[server] = _probe(call, server, probe_key)
+    if _SUPPORT[server]:
+        raise VectorSetsUnsupportedError(_SUPPORT[server])
+
+
+def _probe(call: Call, server: str, probe_key: str) -> Optional[str]:
+    try:
+        call("VCARD", probe_key)
+        return None
+    except redis.ResponseError as exc:
+        if "unknown command" not in str(exc).lower():
+            return None  # it knows VCARD (the key is just not a vector set)
+    try:
+        info = call("INFO", "server")
+        version = info.get("redis_version", "?") if isinstance(info, dict) else "?"
+    except redis.RedisError:
+        version = "?"
+    return (f"Redis {version} at {server} has no vector sets (VADD/VSIM need Redis 8.0 or "
+            f"later): similarity search is unavailable there, lookups keep working. "
+            f"Upgrade the server, or use a Redis 8 / managed service with vector sets.")
+
+
+# --- building -----------------------------------------------------------------------
+
+
+def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+                prefix: str = DEFAULT_PREFIX, version: Optional[int] = None,
+                quantization: str = DEFAULT_QUANTIZATION, m: int = DEFAULT_M,
+                ef: int = DEFAULT_EF, workers: int = 1, force: bool = False,
+                progress: bool = True) -> IndexStatus:
+    """Build the similarity index of model ``name`` (the served version by default).
+
+    Args:
+        name, prefix: the model, as loaded.
+        url, client: where it is (``client`` wins); default from the environment.
+        version: a version other than the served one (the loader indexes a new
+            version before publishing it).
+        quantization: ``q8`` (default; 1 byte per dimension), ``noquant``
+            (float32, 2x the memory, exact scores in Redis) or ``bin`` (1 bit;
+            approximate only: exact queries fall back to streaming all vectors).
+        m: HNSW links per node (``VADD ... M``); more is better recall, more memory.
+        ef: exploration factor while inserting (``VADD ... EF``).
+        workers: connections adding at once; above 1 uses ``VADD ... CAS``.
+        force: rebuild even if an index with these parameters is ready.
+        progress: show a tqdm progress bar on stderr.
+
+    An index with the same parameters that is ready is kept (returned at once);
+    an interrupted build with the same parameters resumes.
+
+    Raises:
+        ModelNotFoundError: no such model or version.
+        VectorSetsUnsupportedError: the server has no vector sets.
+        IndexInProgressError: another process is building this index.
+    """
+    quantization = check_quantization(quantization)
+    if m < 2 or ef < 1 or workers < 1:
+        raise ValueError(f"need m >= 2, ef >= 1 and workers >= 1, got m={m}, ef={ef}, "
+                         f"workers={workers}")
+    keys = Keys(name, prefix)
+    with _connection(url, client) as r:
+        if version is None:
+            raw = r.get(keys.current)
+            if raw is None:
+                raise ModelNotFoundError(f"no model named {name!r} under prefix {prefix!r}")
+            version = int(raw)
+        check_vector_sets(r.execute_command, server_id(r), keys.vset(version))
+        raw_meta = r.hgetall(keys.meta(version))
+        if not raw_meta:
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        with _BuildLock(r, keys, version):
+            return _Build(r, keys, Meta.from_hash(raw_meta), quantization, m, ef, workers,
+                          force, progress).run()
+
+
+@contextmanager
+def _connection(url: Optional[str], client: Optional[redis.Redis]) -> Iterator[redis.Redis]:
+    if client is not None:
+        yield client
+        return
+    r = connect(url)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+class _VersionGone(VectorStoreError):
+    pass
+
+
+class _Build:
+    """One run of :func:`build_index` (with the build lock held)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, quantization: str, m: int,
+                 ef: int, workers: int, force: bool, progress: bool) -> None:
+        self.r, self.keys, self.meta = r, keys, meta
+        self.quant, self.m, self.ef, self.workers = quantization, m, ef, workers
+        self.force, self.progress = force, progress
+        self.version = meta.version
+        self.target = keys.vset_build(meta.version)
+        self.params = build_params(quantization, m, ef)
+        self._set = r.register_script(_SET_IF_EXISTS)
+        self._swap = r.register_script(_SWAP)
+        self._local = threading.local()
+
+    def run(self) -> IndexStatus:
+        status = read_status(self.r.execute_command, self.keys, self.version)
+        if status.ready and status.params == self.params and not self.force:
+            return status
+        start = 0
+        if (not self.force and status.build == self.params and 0 < status.done < status.total
+                and self.r.exists(self.target)):
+            start = status.done  # resume: a whole number of chunks is in already
+        else:
+            self.r.unlink(self.target)
+        fields = {"index_build": self.params, "index_done": start,
+                  "index_total": self.meta.count, "index_error": ""}
+        if not status.ready:
+            fields["index_state"] = "building"
+        self.set_meta(fields)
+        began = time.time()
+        try:
+            qerr = self.add_all(start)
+            took = max(time.time() - began, 1e-9)
+            if self.meta.count and self.r.execute_command("VCARD", self.target) != self.meta.count:
+                raise VectorStoreError(f"index of {self.keys.name!r} version {self.version} "
+                                       f"ended with a wrong element count")
+            done = {"index_state": "ready", "index_quantization": self.quant,
+                    "index_m": self.m, "index_ef": self.ef, "index_qerr": repr(qerr),
+                    "index_built_at": repr(time.time()),
+                    "index_rate": repr((self.meta.count - start) / took),
+                    "index_done": self.meta.count}
+            if self._swap(keys=[self.keys.meta(self.version), self.target,
+                                self.keys.vset(self.version)],
+                          args=[x for kv in done.items() for x in kv]) == -1:
+                raise _VersionGone()
+        except _VersionGone:
+            self.r.unlink(self.target)
+            raise VectorStoreError(f"model {self.keys.name!r} version {self.version} was "
+                                   f"deleted (replaced by a reload) while it was being indexed")
+        except BaseException as exc:
+            failed = {"index_error": f"{type(exc).__name__}: {exc}"[:500]}
+            if not status.ready:
+                failed["index_state"] = "failed"
+            try:
+                self.set_meta(failed)
+            except (redis.RedisError, VectorStoreError):
+                pass
+            raise
+        return read_status(self.r.execute_command, self.keys, self.version)
+
+    def set_meta(self, fields: dict[str, Any]) -> None:
+        args = [x for kv in fields.items() for x in kv]
+        if self._set(keys=[self.keys.meta(self.version)], args=args) == -1:
+            raise _VersionGone()
+
+    def add_all(self, start: int) -> float:
+        """VADD every vector from index ``start`` on; return the Q8 error bound of all.
+
+        Chunks before ``start`` are read too, for the error bound, but not added.
+        """
+        codec = self.meta.codec()
+        token_prefix = self.keys.token_prefix(self.version)
+        qerr = 0.0
+        pending: deque[tuple[Future, int]] = deque()
+        done = start
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="vectorstore index") as pool, \
+                tqdm(total=self.meta.count, initial=start, unit=" vectors", unit_scale=True,
+                     desc=f"indexing {self.keys.name} v{self.version}", mininterval=0.5,
+                     disable=not self.progress) as bar:
+            try:
+                for first in range(0, self.meta.count, I2K_CHUNK):
+                    raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
+                    tokens = raw.split(b"\n") if raw is not None else []
+                    values = self.r.mget([token_prefix + t for t in tokens]) if tokens else []
+                    if not tokens or None in values:
+                        raise _VersionGone()
+                    vectors = codec.decode(values)
+                    if self.quant == "q8":
+                        qerr = max(qerr, q8_error(vectors))
+                    if first < start:
+                        continue
+                    pending.append((pool.submit(self.add, tokens, vectors, first), len(tokens)))
+                    while len(pending) > self.workers:
+                        done = self.finish(pending.popleft(), done, bar)
+                while pending:
+                    done = self.finish(pending.popleft(), done, bar)
+            finally:
+                for future, _ in pending:
+                    future.cancel()
+        # Redis normalizes in its own float order; allow for that in the bound.
+        return qerr * 1.001 + 1e-6 if self.quant == "q8" else 0.0
+
+    def finish(self, job: tuple[Future, int], done: int, bar: tqdm) -> int:
+        job[0].result()
+        done += job[1]
+        self.set_meta({"index_done": done})
+        bar.update(job[1])
+        return done
+
+    def add(self, tokens: list[bytes], vectors: np.ndarray, first: int) -> None:
+        """VADD one chunk in one round trip, on this thread's own connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.r.connection_pool.make_connection()
+        opts: list[Any] = ["CAS"] if self.workers > 1 else []
+        opts += [QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
+        blobs = vectors.astype("<f4", copy=False)
+        packed = [hiredis.pack_command(("VADD", self.target, "FP32", blobs[j].tobytes(), token,
+                                        *opts, "SETATTR", '{"i":%d}' % (first + j)))
+                  for j, token in enumerate(tokens)]
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            for _ in packed:
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()  # replies may be left unread
+            raise
+
+
+class _BuildLock:
+    """The builder lock of one version's index (``SET NX PX``, renewed by a thread)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, version: int) -> None:
+        self.r, self.key, self.name = r, keys.vset_lock(version), keys.name
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lock {self.key}", daemon=True)
+
+    def __enter__(self) -> "_BuildLock":
+        if not self.r.set(self.key, self.owner, nx=True, px=LOCK_TTL_MS):
+            holder = (self.r.get(self.key) or b"?").decode(errors="replace")
+            raise IndexInProgressError(
+                f"the index of model {self.name!r} is being built by {holder} (lock {self.key}, "
+                f"expires {max(self.r.pttl(self.key), 0) / 1000:.0f} s after its owner stops)")
+        self._thread.start()
+        return self
+
+    def _keep(self) -> None:
+        while not self._stop.wait(LOCK_TTL_MS / 4000):
+            try:
+                self._renew(keys=[self.key], args=[self.owner, LOCK_TTL_MS])
+            except redis.RedisError:
+                pass  # tried again at the next tick, well before expiry
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._release(keys=[self.key], args=[self.owner])
+        except redis.RedisError:
+            pass
+
