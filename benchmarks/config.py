@@ -58,7 +58,7 @@ PROFILES = {
     "quick": Profile(
         name="quick", dim=300, latency_vocab=100_000,
         latency_docs={10: 200, 100: 200, 1000: 30}, latency_warmup_docs=300,
-        coldstart_sizes=(10_000, 100_000), coldstart_repeats=2,
+        coldstart_sizes=(10_000, 100_000), coldstart_repeats=3,
         memory_size=100_000, memory_seed_size=10_000, similarity_sizes=(10_000,),
         similarity_queries=100, scale_vocab=100_000, scale_docs=3000, scale_doc_len=100,
         scale_idle=25.0, scale_keepalive=10.0, batch_docs=400),

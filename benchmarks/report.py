@@ -25,9 +25,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 REPORT_NAME = "BENCHMARKS.md"
 DPI = 72
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 
 @dataclass
@@ -66,6 +68,12 @@ class Section:
     def plot(self, fig: Any, name: str, caption: str) -> Path:
         """Save ``fig`` as ``<name>.png`` next to the report and show it."""
         path = self.out_dir / f"{name}.png"
+        for ax in fig.axes:  # plain numbers on log axes ("3", not "3x10^0")
+            for axis in (ax.xaxis, ax.yaxis):
+                if axis.get_scale() == "log":
+                    lo, hi = sorted(axis.get_view_interval())
+                    axis.set_major_formatter(_PLAIN)
+                    axis.set_minor_formatter(_PLAIN if hi < 20 * lo else NullFormatter())
         fig.tight_layout()
         fig.savefig(path, dpi=DPI)
         plt.close(fig)
