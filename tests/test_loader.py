@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +29,8 @@ SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "x#i2k
                   "héllo", "日本語", "emoji🙂", "Ünïcödé:{#}", "tab\there", "trailing:"]
 
 
-def stored(client: redis.Redis, name: str, prefix: str = "vs") -> tuple[list[str], np.ndarray, Meta]:
+def stored(client: redis.Redis, name: str,
+           prefix: str = "vs") -> tuple[list[str], np.ndarray, Meta]:
     """Tokens, vectors and metadata of the served version, read from the raw keys."""
     keys = Keys(name, prefix)
     version = int(client.get(keys.current))
@@ -210,7 +211,7 @@ BAD_FILES = [
      "auto", r"record 2: value nan \(field 2\) is not a finite"),
     ("binary-utf8", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"\xff", _v(1, 2))], 2),
      "auto", r"record 2: token b'\\xff' is not valid UTF-8"),
-    ("binary-duplicate", "b.bin", lambda p: write_binary(p, GOOD + [(b"a", _v(5, 6))], 2),
+    ("binary-duplicate", "b.bin", lambda p: write_binary(p, [*GOOD, (b"a", _v(5, 6))], 2),
      "auto", r"record 3: duplicate token 'a' \(first at record 1\)"),
     ("binary-empty-token", "b.bin", lambda p: write_binary(p, [GOOD[0], (b"", _v(1, 2))], 2),
      "auto", r"record 2: empty token"),
@@ -396,7 +397,8 @@ def test_sigkilled_load_is_invisible_and_cleaned_by_the_next(
     assert verify("m", client=client).ok
     assert version_keys(client, "m", 1) == [] and version_keys(client, "m", 2) == []
     assert client.smembers("vs:m#versions") == {b"3"}
-    assert client.dbsize() == 300_000 + -(-300_000 // I2K_CHUNK) + 5  # + meta current seq versions models
+    # tokens, i2k chunks, and meta, current, seq, versions, models
+    assert client.dbsize() == 300_000 + -(-300_000 // I2K_CHUNK) + 5
 
 
 def test_interrupted_load_cleans_up(client: redis.Redis, redis_url: str, big_file: Path,

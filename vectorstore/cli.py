@@ -9,7 +9,8 @@ the stored model does not match its metadata.
 Examples::
 
     vectorstore server --port 6390 &
-    vectorstore --url redis://127.0.0.1:6390/0 load GoogleNews-vectors-negative300.bin.gz --name news
+    export VECTORSTORE_URL=redis://127.0.0.1:6390/0
+    vectorstore load GoogleNews-vectors-negative300.bin.gz --name news
     vectorstore list
     vectorstore info news
     vectorstore index news --quantization q8

@@ -38,7 +38,7 @@ import uuid
 from collections import deque
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import hiredis
 import numpy as np
@@ -239,7 +239,7 @@ def verify(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis
             tokens = [t.encode() for t in raw.decode("utf-8", "replace").split("\n")]
             values = r.mget([token_prefix + t for t in tokens])
             present = []
-            for i, (token, value) in enumerate(zip(tokens, values), start=found):
+            for i, (token, value) in enumerate(zip(tokens, values, strict=True), start=found):
                 problem = _value_problem(value, i, codec)
                 if problem is None:
                     present.append(i - found)
@@ -298,8 +298,8 @@ def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Code
                 count += len(raw)
                 bar.update(len(raw))
             if pending:
-                writer.send(_Job(count, [], [], [], [(keys.i2k(version, chunk), "\n".join(pending))],
-                                 b""))
+                last = (keys.i2k(version, chunk), "\n".join(pending))
+                writer.send(_Job(count, [], [], [], [last], b""))
             writer.close()
     finally:
         writer.stop()
@@ -479,7 +479,7 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     structure += [keys.i2k(meta.version, c) for c in range(chunks)]
     picked = sorted({c * max(chunks - 1, 0) // 7 for c in range(8)})  # 8 chunks, evenly spread
     token_prefix = keys.token_prefix(meta.version)
-    sample: list[bytes] = []
+    sample: list[Union[bytes, str]] = []
     for raw in r.mget([keys.i2k(meta.version, c) for c in picked]):
         tokens = raw.decode().split("\n") if raw else []
         step = max(1, len(tokens) * len(picked) // MEMORY_SAMPLE)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import itertools
 import os
 import re
 import zlib
 from contextlib import suppress
-from typing import IO, Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def open_vectors(source: Any, fmt: str = "auto", *, limit: Optional[int] = None,
     return TextReader(path, fmt, limit=limit, batch_size=batch_size)
 
 
-def open_file(path: str) -> IO[bytes]:
+def open_file(path: str) -> io.BufferedIOBase:
     """``path`` opened for binary reading, decompressing gzip or bzip2 by magic bytes."""
     try:
         with open(path, "rb") as f:
@@ -150,7 +151,7 @@ def open_file(path: str) -> IO[bytes]:
             return gzip.open(path, "rb")
         if magic == b"BZh":
             return bz2.open(path, "rb")
-        return open(path, "rb", buffering=1 << 20)
+        return open(path, "rb")
     except OSError as exc:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -178,7 +179,7 @@ def _looks_like_text(data: bytes, dim: int) -> bool:
             and not values.translate(None, _NUMERIC_BYTES))
 
 
-def _read(f: IO[bytes], n: int, where: str) -> bytes:
+def _read(f: io.BufferedIOBase, n: int, where: str) -> bytes:
     """``f.read(n)``, turning decompression and I/O failures into a LoadError at ``where``."""
     try:
         return f.read(n)
@@ -209,6 +210,7 @@ class BinaryReader(Reader):
     """Records of a word2vec binary file."""
 
     fmt = "word2vec-binary"
+    count: int
 
     def __init__(self, path: str, *, limit: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH) -> None:
@@ -405,7 +407,8 @@ class TextReader(Reader):
                 token, _, rest = line.rstrip().partition(" ")
                 fields = rest.split()
             if len(fields) != dim:
-                cut = "" if raw[i].endswith(b"\n") else " (the file ends inside this line: truncated?)"
+                cut = ("" if raw[i].endswith(b"\n")
+                       else " (the file ends inside this line: truncated?)")
                 raise self.error(first + i, f"wrong number of values: expected {dim}, "
                                  f"found {len(fields)}{cut}")
             values = _numbers(" ".join(fields))
