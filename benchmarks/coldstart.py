@@ -24,7 +24,8 @@ BARE = "bare Python"
 PROJECT = "vectorstore"
 CONTENDERS = (BARE, PROJECT, "gensim word2vec .bin", "gensim .kv", "gensim .kv mmap")
 
-# The child keeps its model alive while it reports. argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
+# The child keeps its model alive while it reports.
+# argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
 CHILD = r"""
 import json, sys
 import numpy, redis, gensim

@@ -61,7 +61,7 @@ def used_memory(client: redis.Redis) -> int:
 
 @contextmanager
 def memory_delta(client: redis.Redis) -> Iterator[dict]:
-    """Measure how much Redis memory a block adds: ``with memory_delta(c) as d: ...; d["bytes"]``."""
+    """Redis memory a block adds: ``with memory_delta(c) as d: ...``, then ``d["bytes"]``."""
     out: dict = {}
     before = used_memory(client)
     yield out
