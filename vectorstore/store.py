@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence,
+                    TypeVar, Union)
 
 import hiredis
 import numpy as np
@@ -33,6 +34,7 @@ from .errors import ModelNotFoundError, ReadOnlyError, StoreUnavailableError, Ve
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .similarity import SimilarityMixin
 
+T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
 OOV_POLICIES = ("error", "zero", "skip")
 _READ_ONLY = (
@@ -66,6 +68,10 @@ class _Version:
     prefix: bytes
     cache: VectorCache
     index_to_key: "IndexToKey"
+
+
+class _Moved(Exception):
+    """The model's alias moved to another version during a read."""
 
 
 class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
@@ -122,6 +128,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     def _call(self, *args: Any) -> Any:
         try:
             return self.redis.execute_command(*args)
+        except redis.AuthenticationError:
+            raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
@@ -140,6 +148,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
         try:
             return conn.retry.call_with_retry(send, lambda _: conn.disconnect())
+        except redis.AuthenticationError:
+            raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
@@ -149,8 +159,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         assert self._view is not None
         return self._view
 
-    def _sync(self) -> bool:
-        """Re-read the alias; switch to a new version if it moved. True if it did."""
+    def _sync(self) -> None:
+        """Re-read the alias; switch to a new version if it moved."""
         for _ in range(3):
             version = self._call("GET", self.keys.current)
             if version is None:
@@ -161,7 +171,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             version = int(version)
             self._checked = time.monotonic()
             if self._view is not None and self._view.meta.version == version:
-                return False
+                return
             raw = self._call("HGETALL", self.keys.meta(version))
             if raw:
                 meta = Meta.from_hash(dict(zip(raw[::2], raw[1::2])) if isinstance(raw, list) else raw)
@@ -169,7 +179,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                     meta=meta, codec=meta.codec(), prefix=self.keys.token_prefix(version),
                     cache=VectorCache(meta.dim, self.cache_bytes),
                     index_to_key=IndexToKey(self, version, meta.count))
-                return True
+                return
         raise VectorStoreError(f"model {self.name!r}: version metadata vanished while reading it")
 
     @property
@@ -201,13 +211,30 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     # --- lookups ----------------------------------------------------------------
 
     def _mget(self, view: _Version, tokens: Sequence[str]) -> list[Optional[bytes]]:
+        """Values of ``tokens`` in ``view``'s version, read with the alias in one MGET.
+
+        Raises _Moved if the alias no longer points to ``view``: then the values
+        may belong to another version, and the caller re-syncs and retries.
+        """
         prefix = view.prefix
         try:
             names = [prefix + t.encode() for t in tokens]
         except AttributeError:
             bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
-        return self._fast_call("MGET", *names) if names else []
+        version, *values = self._fast_call("MGET", self.keys.current, *names)
+        if version is None or int(version) != view.meta.version:
+            raise _Moved
+        return values
+
+    def _on_current(self, read: Callable[[_Version], T]) -> T:
+        """``read(view)`` on the version the alias points to, following flips."""
+        for _ in range(3):
+            try:
+                return read(self._current())
+            except _Moved:
+                self._sync()
+        raise VectorStoreError(f"model {self.name!r} changed version three times during one read")
 
     def lookup(self, keys: Iterable[str], oov: str = "error") -> Lookup:
         """Vectors of ``keys`` stacked (len x dim float32), in one Redis round trip.
@@ -221,13 +248,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if isinstance(keys, str):
             raise TypeError("lookup() takes a list of tokens, not a str")
         keys = list(keys)
-        for attempt in (0, 1):
-            view = self._current()
-            out, missing = (self._lookup_cached(view, keys) if view.cache.enabled
-                            else self._lookup_direct(view, keys))
-            # A token missing may mean the version we know was replaced and removed.
-            if not missing or attempt or not self._sync():
-                break
+        out, missing = self._on_current(
+            lambda view: (self._lookup_cached if view.cache.enabled else self._lookup_direct)(view, keys))
         if missing and oov == "error":
             raise KeyError(f"Key '{keys[missing[0]]}' not present")
         if missing and oov == "skip":
@@ -256,7 +278,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             if hits:
                 out[hits] = cache.gather([rows[i] for i in hits])
         wanted = list(dict.fromkeys(k for k, r in zip(keys, rows) if r == UNKNOWN))
-        values = self._mget(view, wanted)
+        values = self._mget(view, wanted) if wanted else []
         found = [t for t, v in zip(wanted, values) if v is not None]
         fetched = view.codec.decode([v for v in values if v is not None])
         at = {t: j for j, t in enumerate(found)}
@@ -304,15 +326,17 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         """Index of ``key``; ``default`` (or KeyError) if absent, like gensim."""
         if isinstance(key, (int, np.integer)) and 0 <= key < len(self):
             return int(key)
-        view = self._current()
-        value = self._mget(view, [key])[0] if isinstance(key, str) else None
-        if value is None and isinstance(key, str) and self._sync():
-            return self.get_index(key, default)
-        if value is not None:
-            return int(view.codec.decode_indexes([value])[0])
+        if isinstance(key, str):
+            index = self._on_current(lambda view: self._index_of(view, key))
+            if index is not None:
+                return index
         if default is not None:
             return default
         raise KeyError(f"Key '{key}' not present")
+
+    def _index_of(self, view: _Version, key: str) -> Optional[int]:
+        value = self._mget(view, [key])[0]
+        return None if value is None else int(view.codec.decode_indexes([value])[0])
 
     def has_index_for(self, key: Union[str, int]) -> bool:
         return self.get_index(key, -1) >= 0
