@@ -23,6 +23,7 @@ from conftest import TEST_DATA, synthetic_kv
 from vectorstore.codec import Meta
 from vectorstore.errors import LoadError, LoadInProgressError, ModelNotFoundError
 from vectorstore.keys import I2K_CHUNK, Keys
+from vectorstore import loader
 from vectorstore.loader import drop, info, list_models, load, verify
 
 SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "x#i2k:0", "*?[]",
@@ -341,6 +342,26 @@ def test_publish_requires_the_lock(client: redis.Redis) -> None:
     assert client.keys("*") == [b"vs:m#lock"]
 
 
+class _Slow:
+    """A KeyedVectors look-alike that takes ``delay`` seconds per batch of vectors."""
+
+    def __init__(self, delay: float) -> None:
+        self.kv, self.delay = synthetic_kv(count=500, dim=8), delay
+        self.index_to_key, self.vector_size, self.vectors = self.kv.index_to_key, 8, self
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        time.sleep(self.delay)
+        return self.kv.vectors[rows]
+
+
+def test_lock_is_renewed_during_a_long_load(client: redis.Redis,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "LOCK_TTL_MS", 300)  # renewed every 0.1 s
+    slow = _Slow(delay=0.2)  # 5 batches: the load outlives the TTL three times over
+    assert load(slow, "m", client=client, progress=False, batch_size=100).count == 500
+    assert_same(client, "m", slow.kv)
+
+
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300k x 100 word2vec binary file (~125 MB): a load takes a few seconds."""
@@ -419,9 +440,10 @@ def test_second_loader_is_refused_while_one_runs(client: redis.Redis, redis_url:
     proc = _start_cli_load(redis_url, big_file, "m")
     try:
         _wait_until_loading(client, "m", 2, proc, at_least=1000)
-        with pytest.raises(LoadInProgressError, match=rf"being loaded by "
-                                                      rf"{socket.gethostname()}:{proc.pid}:"):
+        holder = f"{socket.gethostname()}:{proc.pid}:"
+        with pytest.raises(LoadInProgressError, match=rf"being loaded by {holder}"):
             load(served, "m", client=client, progress=False)
+        assert info("m", client=client).loading.startswith(holder)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)

@@ -286,15 +286,15 @@ def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Code
                 if codec.dtype == "float16":
                     _check_float16(reader, vectors, first)
                 raw = [t.encode() for t in tokens]
-                job = _Job(first, tokens, [token_prefix + t for t in raw],
-                           codec.encode(vectors, start=first), [], b"")
-                job.hashed = _checksum_input(raw, job.values, codec.payload)
+                values = codec.encode(vectors, start=first)
                 pending += tokens
+                chunks = []
                 while len(pending) >= I2K_CHUNK:
-                    job.chunks.append((keys.i2k(version, chunk), "\n".join(pending[:I2K_CHUNK])))
+                    chunks.append((keys.i2k(version, chunk), "\n".join(pending[:I2K_CHUNK])))
                     del pending[:I2K_CHUNK]
                     chunk += 1
-                writer.send(job)
+                writer.send(_Job(first, tokens, [token_prefix + t for t in raw], values, chunks,
+                                 _checksum_input(raw, values, codec.payload)))
                 count += len(raw)
                 bar.update(len(raw))
             if pending:

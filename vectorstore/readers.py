@@ -25,7 +25,7 @@ file and the line (text) or record (binary).
 ...     for tokens, vectors, first in reader:
 ...         print(tokens, vectors.shape, first)
 word2vec-text 5 10
-['the', 'to', 'of', 'and', 'a'] (5, 10) 0
+['the', 'to', 'of', 'in', 'and'] (5, 10) 0
 """
 from __future__ import annotations
 
@@ -438,6 +438,7 @@ class KeyedVectorsReader(Reader):
     """Records of an in-memory gensim ``KeyedVectors``, in index order."""
 
     fmt = "gensim"
+    count: int
 
     def __init__(self, kv: Any, *, limit: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH) -> None:
@@ -445,14 +446,14 @@ class KeyedVectorsReader(Reader):
         self.kv = kv
         self.source = f"<in-memory {type(kv).__name__}>"
         self.dim = int(kv.vector_size)
-        self.count = self._total = _cap(len(kv.index_to_key), limit)
+        self.count = _cap(len(kv.index_to_key), limit)
 
     def locate(self, record: int) -> str:
         return f"index {record}"
 
     def _batches(self) -> Iterator[Batch]:
-        for first in range(0, self._total, self.batch_size):
-            end = min(first + self.batch_size, self._total)
+        for first in range(0, self.count, self.batch_size):
+            end = min(first + self.batch_size, self.count)
             tokens = self.kv.index_to_key[first:end]
             for i, token in enumerate(tokens):
                 if not isinstance(token, str):
