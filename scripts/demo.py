@@ -1,0 +1,125 @@
+"""The main job, end to end, on an embedded Redis 8 (or yours).
+
+1. start the embedded Redis 8 (unless VECTORSTORE_URL and CELERY_BROKER_URL are set);
+2. load a real model shipped with gensim (fastText vectors of the Lee corpus)
+   and build its similarity index;
+3. start ``celery -A tasks worker --autoscale=4,1``;
+4. send one ``tasks.vectorize_document`` per document of the Lee corpus, by name;
+5. print a summary, and a ``most_similar`` computed inside Redis;
+6. shut everything down, also on Ctrl-C.
+
+Run it with ``scripts/demo`` (which makes the virtual environment first).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import gensim
+import psutil
+import redis
+from gensim.utils import simple_preprocess
+from tqdm import tqdm
+
+from tasks import as_array
+from tasks.client import client_app
+from vectorstore import RedisKeyedVectors
+from vectorstore.connection import redact
+from vectorstore.index import build_index
+from vectorstore.loader import load
+from vectorstore.server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(gensim.__file__).parent / "test" / "test_data"
+MODEL, MODEL_FILE, CORPUS = "lee", DATA / "lee_fasttext.vec", DATA / "lee_background.cor"
+
+
+@contextlib.contextmanager
+def redis_urls() -> Iterator[tuple[str, str]]:
+    """(store URL, broker URL): the user's, or an embedded Redis 8 for both."""
+    store, broker = os.environ.get("VECTORSTORE_URL"), os.environ.get("CELERY_BROKER_URL")
+    if store and broker:
+        yield store, broker
+        return
+    with EmbeddedRedis() as server:
+        print(f"embedded Redis 8 at {server.url}")
+        yield server.url, server.url
+
+
+@contextlib.contextmanager
+def worker(store_url: str, broker_url: str, log: Path) -> Iterator[psutil.Process]:
+    """A ``celery -A tasks worker --autoscale=4,1`` subprocess logging to ``log``, stopped on exit."""
+    env = {**os.environ, "VECTORSTORE_URL": store_url, "CELERY_BROKER_URL": broker_url,
+           "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", broker_url),
+           "VECTORSTORE_MODEL": MODEL}
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--autoscale=4,1",
+           "--loglevel=WARNING", "--hostname=demo@%h", "--without-gossip", "--without-mingle"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def pool_memory(proc: psutil.Process) -> tuple[int, int, int]:
+    """(main process RSS, pool processes, largest private memory (USS) of one)."""
+    pool = proc.children()
+    return proc.memory_info().rss, len(pool), max((p.memory_full_info().uss for p in pool), default=0)
+
+
+def main() -> None:
+    with redis_urls() as (store_url, broker_url):
+        meta = load(str(MODEL_FILE), MODEL, url=store_url)
+        build_index(MODEL, url=store_url)
+        print(f"model {MODEL!r}: {meta.count} x {meta.dim} from {MODEL_FILE.name}, "
+              f"stored in {redact(store_url)}")
+        docs = [simple_preprocess(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+        app = client_app(broker_url, os.environ.get("CELERY_RESULT_BACKEND", broker_url))
+        log = Path(tempfile.gettempdir()) / "vectorstore-demo-worker.log"
+        with worker(store_url, broker_url, log) as proc:
+            while not app.control.ping(timeout=0.5):
+                time.sleep(0.2)
+            start = time.perf_counter()
+            pending = [app.send_task("tasks.vectorize_document", [doc], {"model": MODEL})
+                       for doc in docs]
+            results = [as_array(r.get(timeout=120)) for r in tqdm(pending, desc="documents", unit="doc")]
+            raw = [r.result for r in pending]
+            elapsed = time.perf_counter() - start
+            main_rss, processes, uss = pool_memory(proc)
+        tokens = sum(len(d) for d in docs)
+        oov = sum(len(r["missing"]) for r in raw)
+        used = redis.Redis.from_url(store_url).info("memory")["used_memory"]
+        kv = RedisKeyedVectors(MODEL, url=store_url)
+        print(f"\n{len(docs)} documents, {tokens} tokens, OOV rate {oov / tokens:.1%}, "
+              f"{len(docs) / elapsed:.0f} documents/s ({tokens / elapsed:.0f} tokens/s)")
+        print(f"matrices: {results[0].shape} ... {results[-1].shape}, float32")
+        print(f"worker: main process {main_rss / 2**20:.0f} MiB RSS, {processes} pool processes "
+              f"of at most {uss / 2**20:.0f} MiB private memory each (log: {log})")
+        print(f"model: {meta.count * meta.dim * 4 / 2**20:.2f} MiB of float32 vectors, held once "
+              f"in Redis ({used / 2**20:.1f} MiB used); worker memory does not grow with it")
+        word = "government"
+        print(f"most_similar({word!r}) computed in Redis:")
+        for token, score in kv.most_similar(word, topn=5):
+            print(f"  {token:<16} {score:.3f}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: worker and Redis stopped", file=sys.stderr)
+        sys.exit(130)
