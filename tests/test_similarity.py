@@ -235,14 +235,14 @@ def test_approximate_recall_and_exact_scores(redis_url: str) -> None:
 
 
 def test_not_ready_while_building_and_lookups_meanwhile(redis_url: str) -> None:
-    kv = synthetic_kv(12000, 16, clusters=20, seed=13)
+    kv = synthetic_kv(4000, 16, clusters=20, seed=13)
     load(kv, "m", url=redis_url, progress=False)
     rkv = RedisKeyedVectors("m", url=redis_url, refresh=0)
     with pytest.raises(IndexNotReadyError, match=r"version 1 has no similarity index yet "
                                                  r"\(index: none\).*vectorstore index m"):
         rkv.most_similar("w1")
     worker = threading.Thread(target=build_index, args=("m",),
-                              kwargs=dict(url=redis_url, ef=400, progress=False))
+                              kwargs=dict(url=redis_url, workers=1, progress=False))
     worker.start()
     meta = Keys("m").meta(1)
     client = redis.Redis.from_url(redis_url)
@@ -250,8 +250,8 @@ def test_not_ready_while_building_and_lookups_meanwhile(redis_url: str) -> None:
         time.sleep(0.01)
     with pytest.raises(IndexNotReadyError) as error:
         rkv.most_similar("w1")
-    assert "building (q8 m=16 ef=400)" in str(error.value)
-    assert "of 12,000 vectors indexed" in str(error.value) and "wait for" in str(error.value)
+    assert "building (q8 m=16 ef=200)" in str(error.value)
+    assert "of 4,000 vectors indexed" in str(error.value) and "wait for" in str(error.value)
     assert np.array_equal(rkv[["w1", "w7"]], kv[["w1", "w7"]])  # lookups work meanwhile
     assert rkv.similarity("w1", "w7") == pytest.approx(kv.similarity("w1", "w7"), abs=1e-6)
     worker.join()
