@@ -33,8 +33,8 @@ from . import loader
 from .codec import DTYPES
 from .connection import connect, redact, resolve_url
 from .errors import VectorStoreError
-from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, QUANTIZATIONS, IndexStatus,
-                    build_index, index_memory, read_status)
+from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, DEFAULT_WORKERS, QUANTIZATIONS,
+                    IndexStatus, build_index, index_memory, read_status)
 from .keys import Keys, check_name
 from .readers import FORMATS
 from .server import EmbeddedRedis
@@ -207,8 +207,8 @@ def info(ctx: click.Context, name: str, url: Optional[str]) -> None:
               help="HNSW links per vector: more is better recall and more memory.")
 @click.option("--ef", type=click.IntRange(min=1), default=DEFAULT_EF, show_default=True,
               help="Exploration factor while inserting: more is a better graph, slower.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Connections inserting at once (VADD CAS); pays on hosts with many cores.")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
+              show_default=True, help="Connections inserting at once (VADD ... CAS).")
 @click.option("--force", is_flag=True, help="Rebuild even if such an index is ready.")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @_url_option
