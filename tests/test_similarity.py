@@ -198,6 +198,23 @@ def test_exact_on_other_quantizations(redis_url: str, quantization: str) -> None
     same(rkv.most_similar_cosmul([a, b], [c]), kv.most_similar_cosmul([a, b], [c]))
 
 
+def test_float16_model_and_ties(redis_url: str) -> None:
+    """float16 storage: gensim on the rounded vectors. Equal vectors: ties rank by index."""
+    kv = synthetic_kv(800, 16, seed=16)
+    kv.vectors[[5, 300, 600]] = kv.vectors[100]
+    load(kv, "h", url=redis_url, dtype="float16", progress=False)
+    build_index("h", url=redis_url, progress=False)
+    rounded = KeyedVectors(16)
+    rounded.add_vectors(kv.index_to_key, kv.vectors.astype(np.float16).astype(np.float32))
+    rkv = RedisKeyedVectors("h", url=redis_url, exact=True)
+    for word in sample(kv, 10, seed=17):
+        same(rkv.most_similar(word), rounded.most_similar(word))
+    got = rkv.most_similar("w100", topn=4)
+    assert [k for k, _ in got[:3]] == ["w5", "w300", "w600"]
+    assert {k for k, _ in rounded.most_similar("w100", topn=3)} == {"w5", "w300", "w600"}
+    assert rkv.closer_than("w100", "w300") == rounded.closer_than("w100", "w300") == []
+
+
 def test_exact_fallbacks_grow_then_stream(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """With tiny limits, exact searches take every path: growth, give up, stream in chunks."""
     url, models = served
@@ -230,6 +247,15 @@ def test_approximate_recall_and_exact_scores(redis_url: str) -> None:
         assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
     assert np.mean(recalls) >= 0.95
     same(rkv.most_similar(word, exact=True), kv.most_similar(word))
+    recalls = []
+    words = sample(kv, 60, seed=13)
+    for i in range(0, 60, 3):
+        got = rkv.most_similar_cosmul(words[i:i + 2], words[i + 2])
+        want = kv.most_similar_cosmul(words[i:i + 2], words[i + 2], topn=None)
+        best = {kv.index_to_key[j] for j in np.argsort(-want)[:13]} - set(words[i:i + 3])
+        recalls.append(len(best & {k for k, _ in got}) / 10)
+        assert np.allclose([s for _, s in got], [want[kv.get_index(k)] for k, _ in got], atol=1e-6)
+    assert np.mean(recalls) >= 0.75
     got = rkv.most_similar(word, restrict_vocab=1000)
     assert all(kv.get_index(k) < 1000 for k, _ in got) and len(got) == 10
 
