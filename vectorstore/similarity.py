@@ -33,22 +33,24 @@ one call over the whole vocabulary, so scores are bit-identical to gensim's,
 except possibly for the last ``len(vocabulary) % 4`` keys (BLAS computes the
 rows left over by its 4-row blocks another way; they differ by one ulp).
 
-Costs (N keys of dim D; Redis's own share runs in its threads):
+Costs (N keys of dimension D; Redis's share runs in its own threads):
 
-============================================  ==============================================
-approximate ``most_similar`` & co             one VSIM (HNSW), one MGET of ~2*topn vectors
-exact ``most_similar``                        one linear scan of the set in Redis (~20 ms per
-                                              100k at q8), one MGET; rarely 2-3 scans
-``most_similar_cosmul`` (exact)               one scan per key, one MGET
-``closer_than``, ``rank`` (key2 near key1)    one scan with EPSILON, one MGET of the closer keys
-``closer_than``, ``rank`` (key2 far), ``topn  streams every vector: N*D*4 bytes over the
-=None``, ``distances(w)``, exact on ``bin``   network, 8192 vectors in memory at a time
-``similarity``, ``n_similarity``,             one MGET of the keys given (no index needed)
-``distances(w, others)``, ``doesnt_match``,
-``rank_by_centrality``, ``most_similar_to_given``,
-``evaluate_word_pairs``
-``evaluate_word_analogies``                   one search per question (restricted by FILTER)
-============================================  ==============================================
+* approximate ``most_similar`` and its aliases: one VSIM (HNSW), one MGET of
+  ~2 * topn vectors;
+* exact ``most_similar``: one linear scan of the set in Redis (~10-20 ms per
+  100k vectors at q8), one MGET of ~128 vectors; rarely 2-3 scans;
+* ``most_similar_cosmul``: one search per key (negative keys negated: their
+  opposites score highest) plus, approximate, one along 3CosAdd's direction;
+* ``closer_than``/``rank`` with key2 near key1: one scan with EPSILON, one MGET
+  of the keys that may be closer;
+* ``closer_than``/``rank`` with key2 far, ``topn=None``, ``distances(key)``
+  and exact mode on a ``bin`` index: stream every vector (N * D * 4 bytes over
+  the network, 8192 vectors in memory at a time);
+* ``similarity``, ``n_similarity``, ``distance``, ``distances(key, others)``,
+  ``doesnt_match``, ``rank_by_centrality``, ``most_similar_to_given``,
+  ``evaluate_word_pairs``: one MGET of the keys given, no index needed;
+* ``evaluate_word_analogies``: one search per question (``restrict_vocab``
+  becomes a FILTER on the elements' index attribute).
 
 Methods that search the vocabulary need the version's index: before it is
 ready they raise IndexNotReadyError (saying how far the build has got), and on
@@ -287,7 +289,7 @@ class SimilarityMixin:
             bounded = max(lengths) <= 1 + 1e-5
             return self._search(view, score, topn, set(indexes.tolist()), 0, view.meta.count,
                                 exact, exact_dirs=dirs if bounded else None, bound=bound,
-                                approx_dirs=[combined, *dirs[:len(pos)]])
+                                approx_dirs=[combined, *dirs])
         return self._run(run)
 
     def closer_than(self, key1: Key, key2: Key) -> list[str]:
