@@ -332,6 +332,7 @@ class _Build:
         self._set = r.register_script(_SET_IF_EXISTS)
         self._swap = r.register_script(_SWAP)
         self._local = threading.local()
+        self._conns: list[redis.Connection] = []
 
     def run(self) -> IndexStatus:
         status = read_status(self.r.execute_command, self.keys, self.version)
@@ -394,30 +395,35 @@ class _Build:
         qerr = 0.0
         pending: deque[tuple[Future, int]] = deque()
         done = start
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vectorstore index") as pool, \
-                tqdm(total=self.meta.count, initial=start, unit=" vectors", unit_scale=True,
-                     desc=f"indexing {self.keys.name} v{self.version}", mininterval=0.5,
-                     disable=not self.progress) as bar:
-            try:
-                for first in range(0, self.meta.count, I2K_CHUNK):
-                    raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
-                    tokens = raw.split(b"\n") if raw is not None else []
-                    values = self.r.mget([token_prefix + t for t in tokens]) if tokens else []
-                    if not tokens or None in values:
-                        raise _VersionGone()
-                    vectors = codec.decode(values)
-                    if self.quant == "q8":
-                        qerr = max(qerr, q8_error(vectors))
-                    if first < start:
-                        continue
-                    pending.append((pool.submit(self.add, tokens, vectors, first), len(tokens)))
-                    while len(pending) > self.workers:
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="vectorstore index") as pool, \
+                    tqdm(total=self.meta.count, initial=start, unit=" vectors", unit_scale=True,
+                         desc=f"indexing {self.keys.name} v{self.version}", mininterval=0.5,
+                         disable=not self.progress) as bar:
+                try:
+                    for first in range(0, self.meta.count, I2K_CHUNK):
+                        raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
+                        tokens = raw.split(b"\n") if raw is not None else []
+                        values = self.r.mget([token_prefix + t for t in tokens]) if tokens else []
+                        if not tokens or None in values:
+                            raise _VersionGone()
+                        vectors = codec.decode(values)
+                        if self.quant == "q8":
+                            qerr = max(qerr, q8_error(vectors))
+                        if first < start:
+                            continue
+                        pending.append((pool.submit(self.add, tokens, vectors, first),
+                                        len(tokens)))
+                        while len(pending) > self.workers:
+                            done = self.finish(pending.popleft(), done, bar)
+                    while pending:
                         done = self.finish(pending.popleft(), done, bar)
-                while pending:
-                    done = self.finish(pending.popleft(), done, bar)
-            finally:
-                for future, _ in pending:
-                    future.cancel()
+                finally:
+                    for future, _ in pending:
+                        future.cancel()
+        finally:
+            for conn in self._conns:
+                conn.disconnect()
         # Redis normalizes in its own float order; allow for that in the bound.
         return qerr * 1.001 + 1e-6 if self.quant == "q8" else 0.0
 
@@ -433,6 +439,7 @@ class _Build:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.r.connection_pool.make_connection()
+            self._conns.append(conn)
         opts = ["CAS", QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
         blobs = vectors.astype("<f4", copy=False)
         packed = [hiredis.pack_command(("VADD", self.target, "FP32", blobs[j].tobytes(), token,
