@@ -5,7 +5,7 @@
 >>> kv[["fast", "car"]].shape                          # doctest: +SKIP
 (2, 300)
 """
-from .errors import (CorruptValueError, IndexNotReadyError, LoadError, LoadInProgressError,
+from .errors import (CorruptValueError, IndexInProgressError, IndexNotReadyError, LoadError, LoadInProgressError,
                      ModelNotFoundError, ReadOnlyError, StoreUnavailableError,
                      VectorSetsUnsupportedError, VectorStoreError)
 from .store import Lookup, RedisKeyedVectors
@@ -13,5 +13,5 @@ from .store import Lookup, RedisKeyedVectors
 __all__ = [
     "RedisKeyedVectors", "Lookup", "VectorStoreError", "ModelNotFoundError", "CorruptValueError",
     "ReadOnlyError", "StoreUnavailableError", "LoadError", "LoadInProgressError",
-    "IndexNotReadyError", "VectorSetsUnsupportedError",
+    "IndexNotReadyError", "IndexInProgressError", "VectorSetsUnsupportedError",
 ]

@@ -70,6 +70,11 @@ class _Version:
     index_to_key: "IndexToKey"
 
 
+def _unit(vec: np.ndarray) -> np.ndarray:
+    """``vec`` / its norm, computed as gensim's ``fill_norms`` does (bit-identical)."""
+    return vec / np.linalg.norm(vec[None, :], axis=1)[0]
+
+
 class _Moved(Exception):
     """The model's alias moved to another version during a read."""
 
@@ -313,9 +318,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     def get_vector(self, key: Union[str, int], norm: bool = False) -> np.ndarray:
         """The vector of ``key`` (a token or an index), unit-length if ``norm``."""
         vec = self.lookup([self._as_token(key)]).vectors[0]
-        if norm:
-            vec = vec / np.linalg.norm(vec)
-        return vec
+        return _unit(vec) if norm else vec
 
     def __getitem__(self, key_or_keys: Any) -> np.ndarray:
         if isinstance(key_or_keys, (str, int, np.integer)):
@@ -354,23 +357,22 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if len(keys) != w.shape[0]:
             raise ValueError("keys and weights array must have same number of elements")
         named = [i for i, k in enumerate(keys) if not isinstance(k, np.ndarray)]
-        rows = np.zeros((len(keys), self.vector_size), dtype=np.float32)
-        present = np.ones(len(keys), dtype=bool)
-        if named:
-            found = self.lookup([self._as_token(keys[i]) for i in named], oov="zero")
-            vecs = found.vectors
-            if pre_normalize:
-                norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-                vecs = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
-            rows[named] = vecs
-            if found.missing and not ignore_missing:
-                raise KeyError(f"Key '{keys[named[found.missing[0]]]}' not present in vocabulary")
-            present[[named[m] for m in found.missing]] = False
-        for i, k in enumerate(keys):
-            if isinstance(k, np.ndarray):
-                rows[i] = k
-        total = np.abs(w[present]).sum()
-        mean = (w[present, None] * rows[present]).sum(axis=0)
+        found = self.lookup([self._as_token(keys[i]) for i in named], oov="zero")
+        if found.missing and not ignore_missing:
+            raise KeyError(f"Key '{keys[named[found.missing[0]]]}' not present in vocabulary")
+        vectors = dict(zip(named, found.vectors))
+        for m in found.missing:
+            del vectors[named[m]]
+        mean = np.zeros(self.vector_size, dtype=np.float32)
+        total = np.float32(0)
+        for i, key in enumerate(keys):  # in order, in float32, as gensim sums
+            vec = key if isinstance(key, np.ndarray) else vectors.get(i)
+            if vec is None:
+                continue
+            if pre_normalize and not isinstance(key, np.ndarray):
+                vec = _unit(vec)
+            mean += w[i] * vec
+            total += abs(w[i])
         if total > 0:
             mean = mean / total
         if post_normalize:
