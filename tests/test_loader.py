@@ -377,9 +377,19 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start_cli_load(redis_url: str, path: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vectorstore.cli", "--url", redis_url, "load", str(path),
-         "--name", name, "--no-progress"],
+        [sys.executable, "-X", "faulthandler", "-m", "vectorstore.cli", "--url", redis_url,
+         "load", str(path), "--name", name, "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 60) -> bytes:
+    """The stderr of ``proc`` once it exits; if it hangs, fail with its threads' stacks."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        raise AssertionError(f"loader still running after {timeout} s:\n"
+                             f"{proc.communicate()[1].decode(errors='replace')}") from None
 
 
 def _wait_until_loading(client: redis.Redis, name: str, version: int, proc: subprocess.Popen,
@@ -428,7 +438,7 @@ def test_interrupted_load_cleans_up(client: redis.Redis, redis_url: str, big_fil
     proc = _start_cli_load(redis_url, big_file, "m")
     _wait_until_loading(client, "m", 2, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = _finish(proc)
     assert proc.returncode == 1 and b"Aborted" in err, err
     assert b"Traceback" not in err
     assert set(client.keys("*")) == before  # staging version and lock gone
@@ -446,7 +456,7 @@ def test_second_loader_is_refused_while_one_runs(client: redis.Redis, redis_url:
         assert info("m", client=client).loading.startswith(holder)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        _finish(proc)
     assert_same(client, "m", served)
 
 
