@@ -401,8 +401,7 @@ class TextReader(Reader):
         tokens, vectors = [], np.empty((len(raw), dim), dtype=np.float32)
         for i, line in enumerate(self._decode(raw, first)):
             if glove:
-                parts = line.rsplit(None, dim)
-                token, fields = (parts[0], parts[1:]) if len(parts) > dim else ("", parts)
+                token, *fields = line.rsplit(None, dim) or [""]
             else:
                 token, _, rest = line.rstrip().partition(" ")
                 fields = rest.split()
