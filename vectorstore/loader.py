@@ -19,6 +19,12 @@ half-loaded model:
 Any error or Ctrl-C deletes the new version's keys and releases the lock; a
 SIGKILLed load leaves keys nobody sees, removed by the next load.
 
+Parsing and hashing run in the caller's thread, sending on a writer thread of
+its own. Measured on 2 shared cores into a local Redis 8.2, 200k x 300
+float32: word2vec binary 110-180k vectors/s (loader ~1.2 CPU-s per 200k,
+Redis ~0.4), text ~12-17k/s (numpy's float parsing, ~60 us per 300-d line);
+the loader's RSS grows by ~35 MiB, whatever the file size.
+
 >>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
 >>> meta.count, meta.dim
 (3000000, 300)
