@@ -323,7 +323,10 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     def __getitem__(self, key_or_keys: Any) -> np.ndarray:
         if isinstance(key_or_keys, (str, int, np.integer)):
             return self.get_vector(key_or_keys)
-        return self.lookup([self._as_token(k) for k in key_or_keys]).vectors
+        keys = list(key_or_keys)
+        if set(map(type, keys)) - {str}:  # indexes among the tokens (rare, so not per token)
+            keys = [self._as_token(k) for k in keys]
+        return self.lookup(keys).vectors
 
     def get_index(self, key: Union[str, int], default: Optional[int] = None) -> int:
         """Index of ``key``; ``default`` (or KeyError) if absent, like gensim."""
