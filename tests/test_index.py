@@ -14,8 +14,8 @@ from vectorstore import ModelNotFoundError, RedisKeyedVectors
 from vectorstore import index as vindex
 from vectorstore.cli import main
 from vectorstore.errors import IndexInProgressError
-from vectorstore.index import (build_index, check_quantization, index_memory, q8_error,
-                               read_status)
+from vectorstore.index import (IndexOptions, build_index, check_quantization, index_memory,
+                               q8_error, read_status)
 from vectorstore.keys import Keys
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
@@ -101,8 +101,32 @@ def test_bad_arguments(redis_url: str, model) -> None:
         build_index("m", url=redis_url, version=7, progress=False)
     with pytest.raises(ValueError, match="q8, noquant, bin"):
         check_quantization("q4")
-    with pytest.raises(ValueError, match="m >= 2"):
-        build_index("m", url=redis_url, m=1, progress=False)
+    with pytest.raises(ValueError, match="m=3 is out of range: Redis accepts M from 4 to 4096"):
+        build_index("m", url=redis_url, m=3, progress=False)
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(quantization="q4"), "unknown quantization 'q4'"),
+    (dict(m=4097), "m=4097 .* from 4 to 4096"),
+    (dict(ef=0), "ef=0 .* EF from 1 to 1000000"),
+    (dict(ef=1_000_001), "ef=1000001"),
+    (dict(workers=0), "workers=0 .* at least 1"),
+    (dict(m=16.5), "m=16.5"),
+])
+def test_index_options_are_checked_when_made(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        IndexOptions(**options)
+
+
+def test_index_options_at_their_bounds_are_accepted_by_redis(client: redis.Redis) -> None:
+    for m, ef in ((4, 1), (4096, 1_000_000)):
+        opts = IndexOptions("NOQUANT", m=m, ef=ef)
+        assert opts.quantization == "noquant"
+        assert client.execute_command("VADD", f"probe{m}", "VALUES", 2, 1, 2, "e",
+                                      "M", opts.m, "EF", opts.ef)
+    for m in (3, 4097):  # the first value each side that Redis refuses
+        with pytest.raises(redis.ResponseError, match="invalid M"):
+            client.execute_command("VADD", "probe", "VALUES", 2, 1, 2, "e", "M", m)
 
 
 def test_index_of_a_version_not_yet_served(redis_url: str, client: redis.Redis, model) -> None:

@@ -11,7 +11,8 @@ Each element is the token, with the attribute ``{"i": index}`` so that
 Progress lives in the metadata hash (``index_state``, ``index_done``,
 ``index_total``, ...), so readers can say how far a build has got, and an
 interrupted build resumes where it stopped. The index belongs to its version:
-it goes when the loader deletes the version, and a reload needs a new one.
+it goes when the loader deletes the version, and a reload needs a new one,
+which ``load(..., index=IndexOptions())`` builds before the alias flips.
 
 Every insert is ``VADD ... CAS``: Redis searches for the new element's
 neighbours in a thread and only links it in the main thread, so lookups stay
@@ -59,6 +60,8 @@ DEFAULT_QUANTIZATION = "q8"
 DEFAULT_M = 16
 DEFAULT_EF = 200
 DEFAULT_WORKERS = 2
+M_RANGE = (4, 4096)  # what VADD accepts
+EF_RANGE = (1, 1_000_000)
 LOCK_TTL_MS = 60_000
 FIELDS = ("index_state", "index_quantization", "index_m", "index_ef", "index_qerr",
           "index_built_at", "index_rate", "index_build", "index_done", "index_total",
@@ -113,6 +116,33 @@ def q8_error(vectors: np.ndarray) -> float:
     scaled = unit / step
     quants = np.trunc(scaled + np.copysign(np.float32(0.5), scaled))
     return float(np.sqrt(((unit - quants * step) ** 2).sum(axis=1)).max())
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How to build an index; checked when made, so a bad value fails before any work.
+
+    >>> IndexOptions("Q8", m=32)
+    IndexOptions(quantization='q8', m=32, ef=200, workers=2)
+    >>> IndexOptions(m=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: index option m=2 is out of range: Redis accepts M from 4 to 4096
+    """
+
+    quantization: str = DEFAULT_QUANTIZATION
+    m: int = DEFAULT_M
+    ef: int = DEFAULT_EF
+    workers: int = DEFAULT_WORKERS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantization", check_quantization(self.quantization))
+        for what, value, (lo, hi) in (("m", self.m, M_RANGE), ("ef", self.ef, EF_RANGE),
+                                      ("workers", self.workers, (1, None))):
+            if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+                accepts = (f"Redis accepts {what.upper()} from {lo} to {hi}" if hi is not None
+                           else f"need at least {lo}")
+                raise ValueError(f"index option {what}={value!r} is out of range: {accepts}")
 
 
 # --- status -------------------------------------------------------------------------
@@ -268,8 +298,9 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
         quantization: ``q8`` (default; 1 byte per dimension), ``noquant``
             (float32, 2x the memory, exact scores in Redis) or ``bin`` (1 bit;
             approximate only: exact queries fall back to streaming all vectors).
-        m: HNSW links per node (``VADD ... M``); more is better recall, more memory.
-        ef: exploration factor while inserting (``VADD ... EF``).
+        m: HNSW links per node (``VADD ... M``, 4-4096); more is better recall,
+            more memory.
+        ef: exploration factor while inserting (``VADD ... EF``, 1-1000000).
         workers: connections adding at once (2 was fastest on 2 cores; 1 is gentlest).
         force: rebuild even if an index with these parameters is ready.
         progress: show a tqdm progress bar on stderr.
@@ -278,14 +309,12 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
     an interrupted build with the same parameters resumes.
 
     Raises:
+        ValueError: an unknown quantization or an option out of range.
         ModelNotFoundError: no such model or version.
         VectorSetsUnsupportedError: the server has no vector sets.
         IndexInProgressError: another process is building this index.
     """
-    quantization = check_quantization(quantization)
-    if m < 2 or ef < 1 or workers < 1:
-        raise ValueError(f"need m >= 2, ef >= 1 and workers >= 1, got m={m}, ef={ef}, "
-                         f"workers={workers}")
+    opts = IndexOptions(quantization, m, ef, workers)
     keys = Keys(name, prefix)
     with _connection(url, client) as r:
         if version is None:
@@ -298,8 +327,7 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
         if not raw_meta:
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         with _BuildLock(r, keys, version):
-            return _Build(r, keys, Meta.from_hash(raw_meta), quantization, m, ef, workers,
-                          force, progress).run()
+            return _Build(r, keys, Meta.from_hash(raw_meta), opts, force, progress).run()
 
 
 @contextmanager
@@ -321,14 +349,14 @@ class _VersionGone(VectorStoreError):
 class _Build:
     """One run of :func:`build_index` (with the build lock held)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, quantization: str, m: int,
-                 ef: int, workers: int, force: bool, progress: bool) -> None:
+    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, opts: IndexOptions, force: bool,
+                 progress: bool) -> None:
         self.r, self.keys, self.meta = r, keys, meta
-        self.quant, self.m, self.ef, self.workers = quantization, m, ef, workers
+        self.quant, self.m, self.ef, self.workers = opts.quantization, opts.m, opts.ef, opts.workers
         self.force, self.progress = force, progress
         self.version = meta.version
         self.target = keys.vset_build(meta.version)
-        self.params = build_params(quantization, m, ef)
+        self.params = build_params(self.quant, self.m, self.ef)
         self._set = r.register_script(_SET_IF_EXISTS)
         self._swap = r.register_script(_SWAP)
         self._local = threading.local()
