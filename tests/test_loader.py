@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import os
 import re
 import signal
@@ -22,8 +23,9 @@ from gensim.models import KeyedVectors
 from conftest import TEST_DATA, synthetic_kv
 from vectorstore.codec import Meta
 from vectorstore.errors import LoadError, LoadInProgressError, ModelNotFoundError
+from vectorstore.index import IndexOptions, read_status
 from vectorstore.keys import I2K_CHUNK, Keys
-from vectorstore import loader
+from vectorstore import RedisKeyedVectors, loader
 from vectorstore.loader import drop, info, list_models, load, verify
 
 SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "x#i2k:0", "*?[]",
@@ -377,10 +379,10 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _start_cli_load(redis_url: str, path: Path, name: str) -> subprocess.Popen:
+def _start_cli_load(redis_url: str, path: Path, name: str, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "vectorstore.cli", "--url", redis_url,
-         "load", str(path), "--name", name, "--no-progress"],
+         "load", str(path), "--name", name, "--no-progress", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -460,6 +462,120 @@ def test_second_loader_is_refused_while_one_runs(client: redis.Redis, redis_url:
         proc.send_signal(signal.SIGINT)
         _finish(proc)
     assert_same(client, "m", served)
+
+
+# --- the index, built before the alias flips ----------------------------------------
+
+
+def same_answer(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
+    """Same keys in the same order, scores within 1e-5 (gensim's most_similar lists)."""
+    return ([k for k, _ in got] == [k for k, _ in want]
+            and np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0))
+
+
+def test_reload_with_index_answers_similarity_without_a_gap(redis_url: str,
+                                                            client: redis.Redis) -> None:
+    first, second = synthetic_kv(3000, 16, seed=1), synthetic_kv(3000, 16, seed=2)
+    load(first, "m", url=redis_url, progress=False, index=IndexOptions())
+    old, new = first.most_similar("w5", topn=5), second.most_similar("w5", topn=5)
+    assert not same_answer(old, new)
+    poller = RedisKeyedVectors("m", url=redis_url, refresh=0, exact=True)
+    seen: list[Any] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                got = poller.most_similar("w5", topn=5)
+            except Exception as exc:  # IndexNotReadyError above all
+                errors.append(exc)
+                return
+            seen.append("old" if same_answer(got, old) else "new" if same_answer(got, new)
+                        else got)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        meta = load(second, "m", url=redis_url, progress=False, grace=0.5,
+                    index=IndexOptions("noquant", m=8))
+        served = RedisKeyedVectors("m", url=redis_url, exact=True)  # right after load()
+        for key in ("w0", "w5", "w2999"):
+            assert same_answer(served.most_similar(key, topn=10),
+                               second.most_similar(key, topn=10))
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert seen[0] == "old" and seen[-1] == "new"
+    assert set(seen) == {"old", "new"}, [s for s in seen if s not in ("old", "new")][:3]
+    assert "old" not in seen[seen.index("new"):]  # never back once flipped
+    status = read_status(client.execute_command, Keys("m"), meta.version)
+    assert (meta.version, status.state, status.params) == (2, "ready", "noquant m=8 ef=200")
+    assert version_keys(client, "m", 1) == [] and client.keys("*vset-*") == []
+    assert verify("m", client=client).ok
+
+
+def test_lock_is_renewed_during_a_long_index_build(client: redis.Redis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "LOCK_TTL_MS", 300)  # renewed every 0.1 s
+    kv = synthetic_kv(5000, 16)  # one builder adds ~3k/s: the build outlives the TTL ~5 times
+    meta = load(kv, "m", client=client, progress=False, index=IndexOptions(workers=1))
+    status = read_status(client.execute_command, Keys("m"), meta.version)
+    assert status.ready and status.done == 5000
+    assert client.get("vs:m#lock") is None
+    assert_same(client, "m", kv)
+
+
+def test_failing_index_build_publishes_nothing(redis_url: str, client: redis.Redis) -> None:
+    kv = synthetic_kv(2000, 16, seed=1)
+    load(kv, "m", client=client, progress=False, index=IndexOptions())
+    before = {k: client.dump(k) for k in client.keys("*") if not k.endswith(b"#seq")}
+    # room for the new vectors (~1.2 MB), not for their index (~6 MB)
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 3_000_000)
+    try:
+        with pytest.raises(redis.OutOfMemoryError):
+            load(synthetic_kv(8000, 16, seed=2), "m", client=client, progress=False,
+                 index=IndexOptions())
+    finally:
+        client.config_set("maxmemory", 0)
+    after = {k: client.dump(k) for k in client.keys("*") if not k.endswith(b"#seq")}
+    assert after == before  # no staging vectors, index or lock left; version 1 untouched
+    served = RedisKeyedVectors("m", url=redis_url, exact=True)
+    assert served.version == 1
+    assert same_answer(served.most_similar("w5"), kv.most_similar("w5"))
+
+
+def test_interrupted_index_build_cleans_up(client: redis.Redis, redis_url: str,
+                                           tmp_path: Path) -> None:
+    kv = synthetic_kv(2000, 16, seed=1)
+    load(kv, "m", client=client, progress=False, index=IndexOptions())
+    before = set(client.keys("*"))
+    path = tmp_path / "new.bin"
+    synthetic_kv(12_000, 16, seed=2).save_word2vec_format(str(path), binary=True)
+    proc = _start_cli_load(redis_url, path, "m", "--index")
+    deadline = time.monotonic() + 60
+    while int(client.hget(Keys("m").meta(2), "index_done") or 0) < I2K_CHUNK:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    err = _finish(proc)
+    assert proc.returncode == 1 and b"Aborted" in err, err
+    assert b"Traceback" not in err
+    assert set(client.keys("*")) == before  # staging version, partial index and locks gone
+    served = RedisKeyedVectors("m", url=redis_url, exact=True)
+    assert served.version == 1
+    assert same_answer(served.most_similar("w5"), kv.most_similar("w5"))
+
+
+def test_reload_without_index_warns_that_similarity_goes(client: redis.Redis,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    kv = synthetic_kv(300, 8)
+    load(kv, "m", client=client, progress=False, index=IndexOptions())
+    with caplog.at_level(logging.WARNING, logger="vectorstore.loader"):
+        load(kv, "m", client=client, progress=False, grace=0)
+    assert "served version 1 has a similarity index" in caplog.text
+    assert "vectorstore index m" in caplog.text
 
 
 # --- verify, info, list, drop -------------------------------------------------------

@@ -12,12 +12,16 @@ half-loaded model:
    state ``loading``;
 4. write each batch with one ``MSETNX`` (a duplicate token makes it fail) and
    the index->token chunks, while hashing tokens and vector bytes (blake2b);
-5. in one ``MULTI``/``EXEC`` (guarded by ``WATCH`` on the lock): mark the
+5. if asked (``index=IndexOptions(...)``), build the new version's similarity
+   index (:func:`vectorstore.index.build_index`), still unpublished, so the
+   model can answer similarity queries from the moment its alias flips;
+6. in one ``MULTI``/``EXEC`` (guarded by ``WATCH`` on the lock): mark the
    version ready with its count and checksum, point the alias at it, list the
    model; then, after ``grace`` seconds, delete the previous version.
 
-Any error or Ctrl-C deletes the new version's keys and releases the lock; a
-SIGKILLed load leaves keys nobody sees, removed by the next load.
+Any error or Ctrl-C, in the index build too, deletes the new version's keys
+(and its partial index) and releases the lock; a SIGKILLed load leaves keys
+nobody sees, removed by the next load.
 
 Parsing and hashing run in the caller's thread, sending on a writer thread of
 its own. Measured on 2 shared cores into a local Redis 8.2, 200k x 300
@@ -30,6 +34,8 @@ the loader's RSS grows by ~35 MiB, whatever the file size.
 (3000000, 300)
 >>> verify("news").ok                                                   # doctest: +SKIP
 True
+>>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news",
+...             index=IndexOptions("q8"))                               # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ from tqdm import tqdm
 from .codec import Codec, Meta, check_dtype
 from .connection import connect
 from .errors import LoadError, LoadInProgressError, ModelNotFoundError
+from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
 from .readers import DEFAULT_BATCH, Reader, open_vectors
 
@@ -105,7 +112,8 @@ class ModelInfo:
 def load(source: Any, name: str, *, url: Optional[str] = None,
          client: Optional[redis.Redis] = None, fmt: str = "auto", limit: Optional[int] = None,
          dtype: str = "float32", batch_size: int = DEFAULT_BATCH, progress: bool = True,
-         prefix: str = DEFAULT_PREFIX, grace: float = 2.0) -> Meta:
+         prefix: str = DEFAULT_PREFIX, grace: float = 2.0,
+         index: Optional[IndexOptions] = None) -> Meta:
     """Load the vectors of ``source`` as model ``name``; return the published metadata.
 
     Args:
@@ -121,20 +129,34 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
         prefix: key namespace.
         grace: seconds between publishing and deleting the previous version,
             so readers that still use it can notice the new alias.
+        index: build the new version's similarity index with these options
+            before publishing it; without, similarity calls raise
+            IndexNotReadyError until ``vectorstore index NAME`` has built one.
 
     Raises:
         LoadError: the file is malformed (the message names file and line/record).
         LoadInProgressError: another live process is loading ``name``.
+        VectorSetsUnsupportedError: ``index`` is given and the server has no
+            vector sets (raised before anything is written).
 
     >>> load(kv, "demo", progress=False).count                         # doctest: +SKIP
     2000
+    >>> load(kv, "demo", index=IndexOptions("noquant"), progress=False).version  # doctest: +SKIP
+    2
     """
     keys = Keys(name, prefix)
     check_dtype(dtype)
     with open_vectors(source, fmt, limit=limit, batch_size=batch_size) as reader, \
             _connection(url, client) as r, _Lock(r, keys) as lock:
+        if index is not None:
+            check_vector_sets(r.execute_command, server_id(r), keys.vset(0))
         _remove_leftovers(r, keys)
         old = _current_version(r, keys)
+        if index is None and old is not None and read_status(r.execute_command, keys, old).ready:
+            logger.warning("model %s: served version %s has a similarity index, the new one "
+                           "will have none (similarity calls raise IndexNotReadyError) until "
+                           "`vectorstore index %s` builds it; load with index=IndexOptions() "
+                           "(--index) to build it before the switch", name, old, name)
         version: Optional[int] = None
         try:
             version = int(r.incr(keys.seq))
@@ -147,8 +169,13 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
                                                lock, progress)
             if not meta.count:
                 raise LoadError(f"{reader.source}: no vectors to load")
-            meta.state = "ready"
             meta.extra["load_seconds"] = f"{time.monotonic() - started:.3f}"
+            if index is not None:
+                r.hset(keys.meta(version), mapping=meta.to_hash())  # the builder reads count
+                build_index(name, client=r, prefix=prefix, version=version,
+                            quantization=index.quantization, m=index.m, ef=index.ef,
+                            workers=index.workers, progress=progress)
+            meta.state = "ready"
             _publish(r, keys, meta, lock)
         except BaseException:
             if version is not None:
