@@ -11,7 +11,10 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from gensim.models import KeyedVectors
+
 from conftest import TEST_DATA
+from vectorstore import RedisKeyedVectors
 from vectorstore.cli import main
 from vectorstore.keys import Keys
 from vectorstore.server import free_port
@@ -74,6 +77,26 @@ def test_load_list_info_verify_drop(redis_url: str, client: redis.Redis) -> None
                           "no model named 'lee'")
     empty = run("list", "--url", redis_url)
     assert empty.exit_code == 0 and empty.stdout == "" and "no models" in empty.stderr
+
+
+def test_reload_with_index_is_searchable_as_soon_as_it_is_served(redis_url: str,
+                                                                 client: redis.Redis) -> None:
+    want = KeyedVectors.load_word2vec_format(str(LEE)).most_similar("the", topn=5)
+    for version in (1, 2):
+        loaded = run("load", str(LEE), "--name", "lee", "--index", "--quantization", "noquant",
+                     "--no-progress", "--url", redis_url)
+        assert loaded.exit_code == 0 and loaded.stderr == "", loaded.output
+        assert f"index of lee version {version}: ready (noquant m=16 ef=200), " in loaded.stdout
+        served = RedisKeyedVectors("lee", url=redis_url, exact=True)
+        assert served.version == version
+        got = served.most_similar("the", topn=5)
+        assert [k for k, _ in got] == [k for k, _ in want]
+    assert client.keys("vs:lee:1*") == []  # the old version went, and its index with it
+    shown = run("info", "lee", "--url", redis_url)
+    assert "other versions: none" in shown.stdout
+    assert "index:          ready (noquant m=16 ef=200)" in shown.stdout
+    bad = run("index", "lee", "--m", "3", "--url", redis_url)
+    assert bad.exit_code == 2 and "'--m': 3 is not in the range 4<=x<=4096" in bad.stderr
 
 
 def test_errors_are_one_line_with_exit_code_2(redis_url: str, tmp_path: Path,

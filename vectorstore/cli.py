@@ -33,8 +33,9 @@ from . import loader
 from .codec import DTYPES
 from .connection import connect, redact, resolve_url
 from .errors import VectorStoreError
-from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, DEFAULT_WORKERS, QUANTIZATIONS,
-                    IndexStatus, build_index, index_memory, read_status)
+from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, DEFAULT_WORKERS, EF_RANGE,
+                    M_RANGE, QUANTIZATIONS, IndexOptions, IndexStatus, build_index, index_memory,
+                    read_status)
 from .keys import Keys, check_name
 from .readers import FORMATS
 from .server import EmbeddedRedis
@@ -131,8 +132,8 @@ def main(url: Optional[str]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Vectors per Redis write.")
 @click.option("--index", "with_index", is_flag=True,
-              help="Then build the similarity index (once the new version is published, so "
-                   "similarity calls raise IndexNotReadyError until it is ready).")
+              help="Also build the similarity index, before the new version replaces the "
+                   "served one, so similarity calls work from the moment it is served.")
 @_quantization_option
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @_url_option
@@ -143,14 +144,13 @@ def load(ctx: click.Context, path: Path, name: str, fmt: str, limit: Optional[in
     """Load the vector file PATH (.gz/.bz2 too) as model NAME, replacing it atomically."""
     url = _url(ctx)
     meta = loader.load(path, name, url=url, fmt=fmt, limit=limit, dtype=dtype,
-                       batch_size=batch_size, progress=not no_progress)
+                       batch_size=batch_size, progress=not no_progress,
+                       index=IndexOptions(quantization) if with_index else None)
     took = float(meta.extra["load_seconds"])
     click.echo(f"loaded {name} version {meta.version}: {meta.count} vectors x {meta.dim} "
                f"{meta.dtype} ({meta.extra['format']}) in {took:.1f} s "
                f"({meta.count / max(took, 1e-6):,.0f}/s) into {redact(url)}")
     if with_index:
-        build_index(name, url=url, version=meta.version, quantization=quantization,
-                    progress=not no_progress)
         click.echo(f"index of {name} version {meta.version}: "
                    f"{_index_state(url, name, meta.version)}")
 
@@ -203,9 +203,9 @@ def info(ctx: click.Context, name: str, url: Optional[str]) -> None:
 @main.command()
 @click.argument("name", callback=_name)
 @_quantization_option
-@click.option("--m", "m", type=click.IntRange(min=2), default=DEFAULT_M, show_default=True,
+@click.option("--m", "m", type=click.IntRange(*M_RANGE), default=DEFAULT_M, show_default=True,
               help="HNSW links per vector: more is better recall and more memory.")
-@click.option("--ef", type=click.IntRange(min=1), default=DEFAULT_EF, show_default=True,
+@click.option("--ef", type=click.IntRange(*EF_RANGE), default=DEFAULT_EF, show_default=True,
               help="Exploration factor while inserting: more is a better graph, slower.")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
               show_default=True, help="Connections inserting at once (VADD ... CAS).")
