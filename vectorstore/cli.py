@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import signal
-from contextlib import closing
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,7 +30,7 @@ import redis
 
 from . import loader
 from .codec import DTYPES
-from .connection import connect, redact, resolve_url
+from .connection import connection, redact, resolve_url
 from .errors import VectorStoreError
 from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, DEFAULT_WORKERS, EF_RANGE,
                     M_RANGE, QUANTIZATIONS, IndexOptions, IndexStatus, build_index, index_memory,
@@ -110,7 +109,7 @@ def _index_line(status: IndexStatus, memory: Optional[int]) -> str:
 
 def _index_state(url: str, name: str, version: int) -> str:
     keys = Keys(name)
-    with closing(connect(url)) as r:
+    with connection(url) as r:
         return _index_line(read_status(r.execute_command, keys, version),
                            index_memory(r.execute_command, keys, version))
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -50,3 +51,24 @@ def connect(url: Optional[str] = None, retries: int = RETRIES, **kwargs) -> redi
         socket_read_size=256 * 1024,  # a 100-token 300-d document is ~120 kB
         **kwargs,
     )
+
+
+@contextmanager
+def connection(url: Optional[str] = None,
+               client: Optional[redis.Redis] = None) -> Iterator[redis.Redis]:
+    """``client`` as is (left open), or a new :func:`connect` to ``url``, closed on exit.
+
+    For functions that take ``url=`` or ``client=`` (the client wins).
+
+    >>> with connection("redis://localhost:6379/0") as r:            # doctest: +SKIP
+    ...     r.ping()
+    True
+    """
+    if client is not None:
+        yield client
+        return
+    r = connect(url)
+    try:
+        yield r
+    finally:
+        r.close()

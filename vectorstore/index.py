@@ -40,9 +40,8 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import hiredis
 import numpy as np
@@ -50,7 +49,7 @@ import redis
 from tqdm import tqdm
 
 from .codec import Meta
-from .connection import connect
+from .connection import connection
 from .errors import (IndexInProgressError, IndexNotReadyError, ModelNotFoundError,
                      VectorSetsUnsupportedError, VectorStoreError)
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
@@ -316,7 +315,7 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
     """
     opts = IndexOptions(quantization, m, ef, workers)
     keys = Keys(name, prefix)
-    with _connection(url, client) as r:
+    with connection(url, client) as r:
         if version is None:
             raw = r.get(keys.current)
             if raw is None:
@@ -328,18 +327,6 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         with _BuildLock(r, keys, version):
             return _Build(r, keys, Meta.from_hash(raw_meta), opts, force, progress).run()
-
-
-@contextmanager
-def _connection(url: Optional[str], client: Optional[redis.Redis]) -> Iterator[redis.Redis]:
-    if client is not None:
-        yield client
-        return
-    r = connect(url)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 class _VersionGone(VectorStoreError):

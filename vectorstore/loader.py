@@ -48,9 +48,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import hiredis
 import numpy as np
@@ -58,7 +58,7 @@ import redis
 from tqdm import tqdm
 
 from .codec import Codec, Meta, check_dtype
-from .connection import connect
+from .connection import connection
 from .errors import LoadError, LoadInProgressError, ModelNotFoundError
 from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
@@ -147,7 +147,7 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
     keys = Keys(name, prefix)
     check_dtype(dtype)
     with open_vectors(source, fmt, limit=limit, batch_size=batch_size) as reader, \
-            _connection(url, client) as r, _Lock(r, keys) as lock:
+            connection(url, client) as r, _Lock(r, keys) as lock:
         if index is not None:
             check_vector_sets(r.execute_command, server_id(r), keys.vset(0))
         _remove_leftovers(r, keys)
@@ -207,7 +207,7 @@ def drop(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] 
         LoadInProgressError: a load of ``name`` is running.
     """
     keys = Keys(name, prefix)
-    with _connection(url, client) as r, _Lock(r, keys):
+    with connection(url, client) as r, _Lock(r, keys):
         current = _current_version(r, keys)
         versions = {int(v) for v in r.smembers(keys.versions)}
         if current is None and not versions and not r.sismember(keys.models, name):
@@ -228,7 +228,7 @@ def list_models(*, url: Optional[str] = None, client: Optional[redis.Redis] = No
     >>> list_models()                                                  # doctest: +SKIP
     ['glove', 'news']
     """
-    with _connection(url, client) as r:
+    with connection(url, client) as r:
         return sorted(n.decode() for n in r.smembers(models_key(prefix)))
 
 
@@ -244,7 +244,7 @@ def info(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] 
     (300, 3000000, [7], 3843)
     """
     keys = Keys(name, prefix)
-    with _connection(url, client) as r:
+    with connection(url, client) as r:
         meta = _current_meta(r, keys)
         versions = sorted(int(v) for v in r.smembers(keys.versions))
         holder = r.get(keys.lock)
@@ -262,7 +262,7 @@ def verify(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis
     (True, 3000000)
     """
     keys = Keys(name, prefix)
-    with _connection(url, client) as r:
+    with connection(url, client) as r:
         meta = _current_meta(r, keys)
         codec, token_prefix = meta.codec(), keys.token_prefix(meta.version)
         digest = hashlib.blake2b()
@@ -524,19 +524,6 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     vector_sizes = [s for s in sizes[:len(sample)] if s is not None]
     per_vector = sum(vector_sizes) / len(vector_sizes) if vector_sizes else 0
     return int(per_vector * meta.count) + sum(s or 0 for s in sizes[len(sample):])
-
-
-@contextmanager
-def _connection(url: Optional[str], client: Optional[redis.Redis]) -> Iterator[redis.Redis]:
-    """``client`` as is, or a new connection to ``url`` closed on exit."""
-    if client is not None:
-        yield client
-        return
-    r = connect(url)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 # --- the lock -----------------------------------------------------------------------
