@@ -33,11 +33,8 @@ gensim on that data: q8 0.999, noquant 1.0, bin 0.25 (bin is for memory only).
 """
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +50,7 @@ from .connection import connection
 from .errors import (IndexInProgressError, IndexNotReadyError, ModelNotFoundError,
                      VectorSetsUnsupportedError, VectorStoreError)
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
+from .lock import Lock
 
 QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
 DEFAULT_QUANTIZATION = "q8"
@@ -77,10 +75,6 @@ _SWAP = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
          "redis.call('UNLINK', KEYS[3]) "
          "if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end "
          "return redis.call('HSET', KEYS[1], unpack(ARGV))")
-_RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
-_RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-            "return redis.call('DEL', KEYS[1]) else return 0 end")
 
 
 def check_quantization(quantization: str) -> str:
@@ -311,7 +305,8 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
         ValueError: an unknown quantization or an option out of range.
         ModelNotFoundError: no such model or version.
         VectorSetsUnsupportedError: the server has no vector sets.
-        IndexInProgressError: another process is building this index.
+        IndexInProgressError: another process is building this index (a lock left
+            by a dead process of this host is taken over), or took it over meanwhile.
     """
     opts = IndexOptions(quantization, m, ef, workers)
     keys = Keys(name, prefix)
@@ -325,8 +320,9 @@ def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.
         raw_meta = r.hgetall(keys.meta(version))
         if not raw_meta:
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
-        with _BuildLock(r, keys, version):
-            return _Build(r, keys, Meta.from_hash(raw_meta), opts, force, progress).run()
+        with Lock(r, keys.vset_lock(version), f"the index of model {name!r}", "built",
+                  IndexInProgressError, ttl_ms=LOCK_TTL_MS) as lock:
+            return _Build(r, keys, Meta.from_hash(raw_meta), opts, lock, force, progress).run()
 
 
 class _VersionGone(VectorStoreError):
@@ -336,9 +332,9 @@ class _VersionGone(VectorStoreError):
 class _Build:
     """One run of :func:`build_index` (with the build lock held)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, opts: IndexOptions, force: bool,
-                 progress: bool) -> None:
-        self.r, self.keys, self.meta = r, keys, meta
+    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, opts: IndexOptions, lock: Lock,
+                 force: bool, progress: bool) -> None:
+        self.r, self.keys, self.meta, self.lock = r, keys, meta, lock
         self.quant, self.m, self.ef, self.workers = opts.quantization, opts.m, opts.ef, opts.workers
         self.force, self.progress = force, progress
         self.version = meta.version
@@ -417,6 +413,7 @@ class _Build:
                          disable=not self.progress) as bar:
                 try:
                     for first in range(0, self.meta.count, I2K_CHUNK):
+                        self.lock.check()
                         raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
                         tokens = raw.split(b"\n") if raw is not None else []
                         values = self.r.mget([token_prefix + t for t in tokens]) if tokens else []
@@ -467,40 +464,3 @@ class _Build:
         except BaseException:
             conn.disconnect()  # replies may be left unread
             raise
-
-
-class _BuildLock:
-    """The builder lock of one version's index (``SET NX PX``, renewed by a thread)."""
-
-    def __init__(self, r: redis.Redis, keys: Keys, version: int) -> None:
-        self.r, self.key, self.name = r, keys.vset_lock(version), keys.name
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        self._renew = r.register_script(_RENEW)
-        self._release = r.register_script(_RELEASE)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name=f"lock {self.key}", daemon=True)
-
-    def __enter__(self) -> "_BuildLock":
-        if not self.r.set(self.key, self.owner, nx=True, px=LOCK_TTL_MS):
-            holder = (self.r.get(self.key) or b"?").decode(errors="replace")
-            raise IndexInProgressError(
-                f"the index of model {self.name!r} is being built by {holder} (lock {self.key}, "
-                f"expires {max(self.r.pttl(self.key), 0) / 1000:.0f} s after its owner stops)")
-        self._thread.start()
-        return self
-
-    def _keep(self) -> None:
-        while not self._stop.wait(LOCK_TTL_MS / 4000):
-            try:
-                self._renew(keys=[self.key], args=[self.owner, LOCK_TTL_MS])
-            except redis.RedisError:
-                pass  # tried again at the next tick, well before expiry
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        try:
-            self._release(keys=[self.key], args=[self.owner])
-        except redis.RedisError:
-            pass
-

@@ -4,8 +4,8 @@ A load writes a fresh version next to the one being served and flips the
 model's alias only when every vector is written, so readers never see a
 half-loaded model:
 
-1. take the model's lock (``SET NX PX``, renewed while loading; a lock left by
-   a dead process on this host is taken over);
+1. take the model's lock (:class:`vectorstore.lock.Lock`: ``SET NX PX``, renewed
+   while loading; a lock left by a dead process on this host is taken over);
 2. delete leftover versions of earlier loads that died (all versions but the
    current one: holding the lock means nobody else is writing);
 3. ``INCR`` the version counter, register the version, write metadata with
@@ -41,12 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -62,6 +59,7 @@ from .connection import connection
 from .errors import LoadError, LoadInProgressError, ModelNotFoundError
 from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
+from .lock import Lock
 from .readers import DEFAULT_BATCH, Reader, open_vectors
 
 logger = logging.getLogger(__name__)
@@ -70,14 +68,6 @@ LOCK_TTL_MS = 15_000
 SCAN_COUNT = 5000
 MEMORY_SAMPLE = 128
 MAX_PROBLEMS = 20
-
-# Compare-and-set on the lock value: renew, release, or take over a dead owner's lock.
-_RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
-_RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-            "return redis.call('DEL', KEYS[1]) else return 0 end")
-_TAKE_OVER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-              "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end")
 
 
 @dataclass
@@ -147,7 +137,7 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
     keys = Keys(name, prefix)
     check_dtype(dtype)
     with open_vectors(source, fmt, limit=limit, batch_size=batch_size) as reader, \
-            connection(url, client) as r, _Lock(r, keys) as lock:
+            connection(url, client) as r, _lock(r, keys) as lock:
         if index is not None:
             check_vector_sets(r.execute_command, server_id(r), keys.vset(0))
         _remove_leftovers(r, keys)
@@ -207,7 +197,7 @@ def drop(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] 
         LoadInProgressError: a load of ``name`` is running.
     """
     keys = Keys(name, prefix)
-    with connection(url, client) as r, _Lock(r, keys):
+    with connection(url, client) as r, _lock(r, keys):
         current = _current_version(r, keys)
         versions = {int(v) for v in r.smembers(keys.versions)}
         if current is None and not versions and not r.sismember(keys.models, name):
@@ -305,7 +295,7 @@ def _value_problem(value: Optional[bytes], index: int, codec: Codec) -> Optional
 
 
 def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Codec,
-           lock: "_Lock", progress: bool) -> tuple[int, str]:
+           lock: Lock, progress: bool) -> tuple[int, str]:
     """Write every batch of ``reader`` as ``version``; return (count, checksum)."""
     token_prefix = keys.token_prefix(version)
     pending: list[str] = []  # tokens of the index->token chunk being filled
@@ -449,7 +439,7 @@ def _check_float16(reader: Reader, vectors: np.ndarray, first: int) -> None:
                            f"does not fit in float16 (max 65504): load it as float32")
 
 
-def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: "_Lock") -> None:
+def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: Lock) -> None:
     """Mark ``meta``'s version ready and point the alias at it, if we still hold the lock."""
     with r.pipeline() as pipe:
         try:
@@ -463,6 +453,12 @@ def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: "_Lock") -> None:
             pipe.execute()
         except redis.WatchError:
             raise lock.lost() from None
+
+
+def _lock(r: redis.Redis, keys: Keys) -> Lock:
+    """The loader lock of ``keys``' model (LoadInProgressError while another process loads)."""
+    return Lock(r, keys.lock, f"model {keys.name!r}", "loaded", LoadInProgressError,
+                ttl_ms=LOCK_TTL_MS)
 
 
 def _delete_version(r: redis.Redis, keys: Keys, version: int) -> int:
@@ -524,90 +520,3 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     vector_sizes = [s for s in sizes[:len(sample)] if s is not None]
     per_vector = sum(vector_sizes) / len(vector_sizes) if vector_sizes else 0
     return int(per_vector * meta.count) + sum(s or 0 for s in sizes[len(sample):])
-
-
-# --- the lock -----------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        pass
-    return True
-
-
-def _dead_here(holder: str) -> bool:
-    """True if ``holder`` (``host:pid:uuid``) names a process of this host that is gone."""
-    parts = holder.rsplit(":", 2)
-    return (len(parts) == 3 and parts[1].isdigit() and parts[0] == socket.gethostname()
-            and not _pid_alive(int(parts[1])))
-
-
-class _Lock:
-    """The loader lock of one model, renewed by a background thread while held.
-
-    The value ``host:pid:uuid`` names the owner, so a lock whose owner died on
-    this host is taken over at once instead of waiting for it to expire.
-    """
-
-    def __init__(self, r: redis.Redis, keys: Keys) -> None:
-        self.r, self.key, self.name = r, keys.lock, keys.name
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        self._renew = r.register_script(_RENEW)
-        self._release = r.register_script(_RELEASE)
-        self._take_over = r.register_script(_TAKE_OVER)
-        self._stop = threading.Event()
-        self._lost = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def __enter__(self) -> "_Lock":
-        for _ in range(3):  # the holder may change between our SET and GET
-            if self.r.set(self.key, self.owner, nx=True, px=LOCK_TTL_MS):
-                break
-            raw = self.r.get(self.key)
-            if raw is None:
-                continue
-            holder = raw.decode(errors="replace")
-            if not _dead_here(holder):
-                ttl = self.r.pttl(self.key)
-                raise LoadInProgressError(
-                    f"model {self.name!r} is being loaded by {holder} (lock {self.key}, "
-                    f"expires in {max(ttl, 0) / 1000:.1f} s unless renewed)")
-            if self._take_over(keys=[self.key], args=[holder, self.owner, LOCK_TTL_MS]):
-                logger.warning("model %s: took over the lock of dead loader %s",
-                               self.name, holder)
-                break
-        else:
-            raise LoadInProgressError(f"model {self.name!r}: lock {self.key} keeps changing hands")
-        self._thread = threading.Thread(target=self._keep, name=f"lock {self.key}", daemon=True)
-        self._thread.start()
-        return self
-
-    def _keep(self) -> None:
-        while not self._stop.wait(LOCK_TTL_MS / 3000):
-            try:
-                if not self._renew(keys=[self.key], args=[self.owner, LOCK_TTL_MS]):
-                    self._lost.set()
-                    return
-            except redis.RedisError as exc:  # retried at the next tick, well before expiry
-                logger.warning("model %s: could not renew lock %s: %s", self.name, self.key, exc)
-
-    def check(self) -> None:
-        """Raise LoadInProgressError if another loader took the lock from us."""
-        if self._lost.is_set():
-            raise self.lost()
-
-    def lost(self) -> LoadInProgressError:
-        return LoadInProgressError(
-            f"model {self.name!r}: lost lock {self.key} (it expired or was taken over); "
-            f"this load was abandoned")
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        with suppress(redis.RedisError):
-            self._release(keys=[self.key], args=[self.owner])
