@@ -440,7 +440,7 @@ class SimilarityMixin:
                 predicted = None
                 if asked:
                     ids = [ok_vocab[b], ok_vocab[c], ok_vocab[a]]
-                    mean = _mean_of([unit[i] for i in ids], weight, True)
+                    mean = weighted_mean([unit[i] for i in ids], weight, True)
                     for token, _ in self._nearest(view, mean, 5, set(ids), 0, hi, exact):
                         predicted = token.upper() if case_insensitive else token
                         if predicted in ok_vocab and predicted not in {a, b, c}:
@@ -733,13 +733,19 @@ class SimilarityMixin:
                 used.append(i)
             elif not ignore_missing:
                 raise KeyError(f"Key '{key}' not present in vocabulary")
-        mean = _mean_of(rows, weights[used], post_normalize, view.meta.dim)
+        mean = weighted_mean(rows, weights[used], post_normalize, view.meta.dim)
         return mean, [int(i) for i in indexes if i >= 0]
 
 
-def _mean_of(rows: Sequence[np.ndarray], weights: np.ndarray, post_normalize: bool,
-             dim: Optional[int] = None) -> np.ndarray:
-    """gensim's weighted mean loop: float32 accumulator, weights as given."""
+def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray, post_normalize: bool,
+                  dim: Optional[int] = None) -> np.ndarray:
+    """gensim's ``get_mean_vector`` sum: in order, float32 accumulator, weights as given,
+    divided by the sum of their absolute values; ``dim`` sizes an empty ``rows``' mean.
+
+    >>> weighted_mean([np.array([1, 2], np.float32), np.array([3, 4], np.float32)],
+    ...               np.array([1, -1], np.float32), False)
+    array([-1., -1.], dtype=float32)
+    """
     mean = np.zeros(dim if dim is not None else len(rows[0]), dtype=np.float32)
     total: Any = 0
     for w, row in zip(weights, rows):

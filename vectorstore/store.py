@@ -24,7 +24,6 @@ from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Opti
 import hiredis
 import numpy as np
 import redis
-from gensim import matutils
 from gensim.models import KeyedVectors
 
 from .cache import UNKNOWN, VectorCache
@@ -32,7 +31,7 @@ from .codec import Codec, Meta
 from .connection import connect, redact, resolve_url
 from .errors import ModelNotFoundError, ReadOnlyError, StoreUnavailableError, VectorStoreError
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
-from .similarity import SimilarityMixin
+from .similarity import SimilarityMixin, weighted_mean
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
@@ -366,21 +365,15 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         vectors = dict(zip(named, found.vectors))
         for m in found.missing:
             del vectors[named[m]]
-        mean = np.zeros(self.vector_size, dtype=np.float32)
-        total = np.float32(0)
-        for i, key in enumerate(keys):  # in order, in float32, as gensim sums
+        rows: list[np.ndarray] = []
+        used: list[int] = []
+        for i, key in enumerate(keys):
             vec = key if isinstance(key, np.ndarray) else vectors.get(i)
-            if vec is None:
-                continue
-            if pre_normalize and not isinstance(key, np.ndarray):
-                vec = _unit(vec)
-            mean += w[i] * vec
-            total += abs(w[i])
-        if total > 0:
-            mean = mean / total
-        if post_normalize:
-            mean = matutils.unitvec(mean).astype(np.float32)
-        return mean
+            if vec is not None:
+                rows.append(_unit(vec) if pre_normalize and not isinstance(key, np.ndarray)
+                            else vec)
+                used.append(i)
+        return weighted_mean(rows, w[used], post_normalize, self.vector_size)
 
     # --- what a Redis-backed model does not do -------------------------------------
 
