@@ -12,9 +12,9 @@ process's cache), then gathers each document's rows from that.
 from __future__ import annotations
 
 import numpy as np
-from gensim import matutils
 
 from vectorstore import RedisKeyedVectors
+from vectorstore.similarity import weighted_mean
 
 from .errors import OutOfVocabularyError
 from .validate import Options
@@ -94,11 +94,4 @@ def mean_vector(kv: RedisKeyedVectors, tokens: list[str], weights: np.ndarray,
     rows = found.vectors[keep]
     if pre_normalize:
         rows = unit_rows(rows)
-    w = weights[keep]
-    mean = (w[:, None] * rows).sum(axis=0, dtype=np.float32)
-    total = np.abs(w).sum()
-    if total > 0:
-        mean = mean / total
-    if post_normalize:
-        mean = matutils.unitvec(mean).astype(np.float32)
-    return mean, found.missing
+    return weighted_mean(rows, weights[keep], post_normalize, kv.vector_size), found.missing

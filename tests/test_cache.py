@@ -22,7 +22,7 @@ def test_cached_rows_always_hold_their_token(capacity: int, batches: list[list[i
         rows = cache.rows(tokens)
         hits = [r for r in rows if r >= 0]
         if hits:
-            got = cache.gather(hits)
+            got = cache.gather(np.array(hits))
             want = np.stack([vec(t) for t, r in zip(tokens, rows) if r >= 0])
             assert np.array_equal(got, want)
         new = list(dict.fromkeys(t for t, r in zip(tokens, rows) if r == UNKNOWN))
@@ -35,7 +35,7 @@ def test_hot_tokens_survive_eviction() -> None:
     cache = VectorCache(dim=2, max_bytes=8 * 10)  # ten rows
     cache.put(["hot"], np.ones((1, 2), dtype=np.float32))
     for i in range(50):
-        cache.gather([cache.rows(["hot"])[0]])  # referenced between every insert
+        cache.gather(np.array(cache.rows(["hot"])))  # referenced between every insert
         cache.put([f"cold{i}"], np.zeros((1, 2), dtype=np.float32))
     assert cache.rows(["hot"])[0] >= 0
     assert len(cache) == 10

@@ -10,7 +10,7 @@ too (bounded separately), so repeated out-of-vocabulary words cost nothing.
 >>> c.put(["a", "b"], np.array([[1, 2], [3, 4]], dtype=np.float32))
 >>> rows = c.rows(["b", "zz"]); rows
 [1, -1]
->>> c.gather([1]).tolist()
+>>> c.gather(np.array([1])).tolist()
 [[3.0, 4.0]]
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ class VectorCache:
         get = self._rows.get
         return [get(t, UNKNOWN) for t in tokens]
 
-    def gather(self, rows: Sequence[int]) -> np.ndarray:
-        """Copy of the vectors in ``rows`` (all valid rows); marks them referenced."""
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Copy of the vectors in ``rows`` (an index array of valid rows); marks them referenced."""
         self._ref[rows] = True
         return self._slab[rows]
 

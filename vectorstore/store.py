@@ -26,7 +26,7 @@ import numpy as np
 import redis
 from gensim.models import KeyedVectors
 
-from .cache import UNKNOWN, VectorCache
+from .cache import MISSING, UNKNOWN, VectorCache
 from .codec import Codec, Meta
 from .connection import connect, redact, resolve_url
 from .errors import ModelNotFoundError, ReadOnlyError, StoreUnavailableError, VectorStoreError
@@ -274,34 +274,34 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     def _lookup_cached(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
         cache = view.cache
         with cache.lock:
-            rows = cache.rows(keys)
-            if min(rows, default=0) >= 0:
+            rows = np.array(cache.rows(keys), dtype=np.intp)
+            hit = rows >= 0
+            if hit.all():
                 return cache.gather(rows), []
             out = np.zeros((len(keys), view.codec.dim), dtype=np.float32)
-            hits = [i for i, r in enumerate(rows) if r >= 0]
-            if hits:
-                out[hits] = cache.gather([rows[i] for i in hits])
-        wanted = list(dict.fromkeys(k for k, r in zip(keys, rows) if r == UNKNOWN))
+            out[hit] = cache.gather(rows[hit])
+        unknown = np.flatnonzero(rows == UNKNOWN).tolist()  # Python work per miss only
+        wanted = list(dict.fromkeys(keys[i] for i in unknown))
         values = self._mget(view, wanted) if wanted else []
         found = [t for t, v in zip(wanted, values) if v is not None]
         fetched = view.codec.decode([v for v in values if v is not None])
         at = {t: j for j, t in enumerate(found)}
-        pos, src, missing = [], [], []
-        for i, (k, r) in enumerate(zip(keys, rows)):
-            if r < 0:
-                j = at.get(k) if r == UNKNOWN else None
-                if j is None:
-                    missing.append(i)
-                else:
-                    pos.append(i)
-                    src.append(j)
+        missing = np.flatnonzero(rows == MISSING).tolist()
+        pos, src = [], []
+        for i in unknown:
+            j = at.get(keys[i])
+            if j is None:
+                missing.append(i)
+            else:
+                pos.append(i)
+                src.append(j)
         if pos:
             out[pos] = fetched[src]
         with cache.lock:
             cache.put(found, fetched)
             if len(found) < len(wanted):
                 cache.put_missing([t for t, v in zip(wanted, values) if v is None])
-        return out, missing
+        return out, sorted(missing)
 
     def get_vectors(self, keys: Iterable[str], oov: str = "error") -> np.ndarray:
         """Stacked vectors of ``keys``; see :meth:`lookup` for ``oov``."""
