@@ -14,6 +14,7 @@ from gensim.models import KeyedVectors
 
 from vectorstore import (ModelNotFoundError, ReadOnlyError, RedisKeyedVectors,
                          StoreUnavailableError, VectorStoreError)
+from vectorstore.index import IndexOptions
 from vectorstore.keys import Keys
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
@@ -221,12 +222,17 @@ def test_acl_user_and_unix_socket(tmp_path, model: KeyedVectors) -> None:
     sock = str(tmp_path / "r.sock")
     with EmbeddedRedis(unix_socket=sock) as server:
         admin = redis.Redis.from_url(server.url)
-        admin.execute_command("ACL", "SETUSER", "reader", "on", ">s3cret", "~vs:*", "+@read", "+info")
-        writer_url = server.url
-        load(model, "m", url=writer_url, progress=False)
+        # the users the README recommends: a read-only worker, a read-write loader
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">s3cret", "~vs:*", "-@all",
+                              "+@read", "+vsim", "+client|setinfo")
+        admin.execute_command("ACL", "SETUSER", "loader", "on", ">l0ader", "~vs:*", "~vs#*",
+                              "+@all", "-@dangerous", "+info")
+        load(model, "m", url=f"unix://loader:l0ader@{sock}", progress=False, index=IndexOptions())
         url = f"unix://reader:s3cret@{sock}"
         kv = RedisKeyedVectors("m", url=url)
         assert np.array_equal(kv[["w1", "naïve"]], model[["w1", "naïve"]])
+        assert [k for k, _ in kv.most_similar("w1", topn=3, exact=True)] == [
+            k for k, _ in model.most_similar("w1", topn=3)]
         assert "s3cret" not in repr(kv)
         with pytest.raises(redis.AuthenticationError):
             RedisKeyedVectors("m", url=f"unix://reader:wrong@{sock}")["w1"]
