@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python -m benchmarks --full             # the sizes (long; see the report)
     .venv/bin/python -m benchmarks --smoke --out /tmp/b   # seconds, for the test suite
     .venv/bin/python -m benchmarks --quick --only latency,memory
+    .venv/bin/python -m benchmarks --full --only batch --update   # redo one figure
 
 ``--full`` writes into ``benchmarks/`` (the committed report); the other
 modes write into ``benchmarks/out/``. Generated models are cached in
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="report directory (default benchmarks/ for --full, else benchmarks/out/)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR,
                     help="directory for generated models, reused between runs")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the sections of figures not run from the report in --out "
+                         "(to redo some figures of a long full run)")
     ap.add_argument("--similarity-sizes", default=None,
                     help="comma-separated index sizes for figure 4, e.g. 100000,1000000")
     args = ap.parse_args(argv)
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             t0 = time.perf_counter()
             print(f"[benchmarks] {name} ...", flush=True)
+            report.figure = name
             try:
                 importlib.import_module(f".{name}", __package__).run(ctx)
             except Exception:  # report it, keep the other figures
@@ -80,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                 trace = traceback.format_exc()
                 print(trace, file=sys.stderr, flush=True)
                 report.section(f"{name}: FAILED").text(f"```\n{trace[-3000:]}\n```")
-            report.timings.append(f"{name}: {time.perf_counter() - t0:.0f} s")
+            report.timings[name] = f"{time.perf_counter() - t0:.0f} s"
             print(f"[benchmarks] {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.update:
+            report.keep_previous(FIGURES)
         path = report.write(time.perf_counter() - started, command)
     print(f"[benchmarks] wrote {path} in {time.perf_counter() - started:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))

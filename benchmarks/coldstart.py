@@ -2,10 +2,13 @@
 
 Each contender runs in a fresh Python subprocess that imports numpy, redis
 and gensim (as any worker would), gets its model ready and computes one
-100-token document matrix, then reports its memory from /proc. The time is
-taken by the parent from process start to that report. A bare interpreter
-that only imports numpy/redis/gensim is measured the same way, and every
-contender is reported above it. Contenders run round-robin per repeat.
+100-token document matrix, then reports its memory from /proc. Two times:
+the wall time the parent sees from process start to that report, and the
+child's own time from "numpy/redis/gensim imported" to the first matrix,
+which is the cost above a bare Python without the noise of interpreter
+starts on a shared machine. A bare interpreter that only imports
+numpy/redis/gensim is measured the same way, and every contender is reported
+above it. Contenders run round-robin per repeat.
 Model files are in the page cache (warm disk) for every contender.
 """
 from __future__ import annotations
@@ -27,9 +30,10 @@ CONTENDERS = (BARE, PROJECT, "gensim word2vec .bin", "gensim .kv", "gensim .kv m
 # The child keeps its model alive while it reports.
 # argv = contender, model name, Redis URL, .bin path, .kv path, JSON doc.
 CHILD = r"""
-import json, sys
+import json, sys, time
 import numpy, redis, gensim
 from gensim.models import KeyedVectors
+t_imported = time.perf_counter()
 who, name, url, bin_path, kv_path, doc = sys.argv[1:7]
 doc = json.loads(doc)
 if who == "bare Python":
@@ -44,7 +48,7 @@ elif who == "gensim .kv":
 elif who == "gensim .kv mmap":
     kv = KeyedVectors.load(kv_path, mmap="r")
 matrix = numpy.vstack([kv[t] for t in doc]) if isinstance(kv, dict) else kv[doc]
-mem = {}
+mem = {"inproc": time.perf_counter() - t_imported}
 for line in open("/proc/self/status"):
     k = line.split(":")[0]
     if k in ("VmRSS", "RssAnon", "RssFile"):
@@ -68,7 +72,8 @@ def start_once(who: str, name: str, url: str, bin_path: str, kv_path: str,
     out = json.loads(line)
     if out["rows"] != len(doc):
         raise RuntimeError(f"{who!r} returned {out['rows']} rows for {len(doc)} tokens")
-    return {"seconds": seconds, "rss": out["VmRSS"], "anon": out["RssAnon"]}
+    return {"seconds": seconds, "inproc": out["inproc"], "rss": out["VmRSS"],
+            "anon": out["RssAnon"]}
 
 
 def run(ctx: Context) -> None:
@@ -89,15 +94,18 @@ def run(ctx: Context) -> None:
     def med(count: int, who: str, what: str) -> float:
         """Fastest start (noise only adds time), median memory."""
         values = [r[what] for r in raw[(count, who)]]
-        return min(values) if what == "seconds" else pct(values, 50)
+        return min(values) if what in ("seconds", "inproc") else pct(values, 50)
 
-    above = {(n, who): {w: med(n, who, w) - med(n, BARE, w) for w in ("seconds", "rss", "anon")}
+    above = {(n, who): {w: med(n, who, w) - med(n, BARE, w)
+                        for w in ("seconds", "inproc", "rss", "anon")}
              for n in p.coldstart_sizes for who in CONTENDERS if who != BARE}
     sec.text(
         f"{p.coldstart_repeats} fresh subprocesses per cell, round-robin; the fastest start "
-        f"counts (a shared machine only adds time), the median memory. Cells: time to the first "
-        f"100-token matrix above a bare Python that imports numpy/redis/gensim, then RSS above "
-        f"it, then private (anonymous) RSS above it. The bare Python itself: "
+        f"counts (a shared machine only adds time), the median memory. Cells: time from "
+        f"numpy/redis/gensim imported to the first 100-token matrix, inside the process, above "
+        f"a bare Python that imports them (in brackets: the same from process start, seen by "
+        f"the parent, which adds the noise of interpreter starts), then RSS above it, then "
+        f"private (anonymous) RSS above it. The bare Python itself: "
         + ", ".join(f"{med(n, BARE, 'seconds'):.2f} s / {med(n, BARE, 'rss') / MB:.0f} MB"
                     for n in p.coldstart_sizes[:1])
         + ". Loading each model into Redis with `vectorstore.loader.load` took "
@@ -107,7 +115,7 @@ def run(ctx: Context) -> None:
         row: list[object] = [f"{n:,} x {p.dim}"]
         for who in CONTENDERS[1:]:
             a = above[(n, who)]
-            row.append(f"{a['seconds']:.2f} s, {a['rss'] / MB:+.0f} MB, "
+            row.append(f"{a['inproc']:.3f} s ({a['seconds']:+.2f} s), {a['rss'] / MB:+.0f} MB, "
                        f"{a['anon'] / MB:+.0f} MB private")
         rows.append(row)
     sec.table(["model"] + list(CONTENDERS[1:]), rows)
@@ -115,7 +123,7 @@ def run(ctx: Context) -> None:
     fig, axes = figure(ncols=2)
     for who in CONTENDERS[1:]:
         xs = list(p.coldstart_sizes)
-        axes[0][0].plot(xs, [max(above[(n, who)]["seconds"], 1e-3) for n in xs], marker="o",
+        axes[0][0].plot(xs, [max(above[(n, who)]["inproc"], 1e-3) for n in xs], marker="o",
                         label=who)
         axes[0][1].plot(xs, [max(above[(n, who)]["rss"] / MB, 0.1) for n in xs], marker="o",
                         label=who)
@@ -127,14 +135,14 @@ def run(ctx: Context) -> None:
     sec.plot(fig, "fig2_coldstart", "cold start and RSS")
 
     ours = [above[(n, PROJECT)] for n in p.coldstart_sizes]
-    first, last = ours[0]["seconds"], ours[-1]["seconds"]
+    first, last = ours[0]["inproc"], ours[-1]["inproc"]
     sec.goal("vectorstore cold start flat in vocabulary size",
              last <= 1.25 * first + 0.05,
              f"{first:.3f} s at {p.coldstart_sizes[0]:,}, {last:.3f} s at "
              f"{p.coldstart_sizes[-1]:,}")
+    worst = max(max(o["inproc"], o["seconds"]) for o in ours)
     sec.goal("vectorstore cold start <= 0.5 s above bare Python",
-             max(o["seconds"] for o in ours) <= 0.5,
-             f"worst {max(o['seconds'] for o in ours):.3f} s")
+             worst <= 0.5, f"worst {worst:.3f} s (in process or from process start)")
     sec.goal("vectorstore RSS <= +30 MB above bare Python",
              max(o["rss"] for o in ours) <= 30 * MB,
              f"worst {max(o['rss'] for o in ours) / MB:+.1f} MB")

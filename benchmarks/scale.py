@@ -31,7 +31,7 @@ from .config import Context
 from .data import Streams
 from .measure import MB, memory_delta
 from .report import figure
-from .workers import Monitor, Sample, Worker
+from .workers import Monitor, Sample, Worker, check_succeeded
 
 AUTOSCALE = "--autoscale=8,1"
 MAX_POOL = 8
@@ -83,6 +83,7 @@ def burst(name: str, app: str, task: str, kwargs: dict, url: str, docs: list[lis
             mon.ids.append(sender.send_task(task, [doc], kwargs).id)
         worker.wait_done(client, mon.ids, timeout=600)
         done_at = time.monotonic() - mon.t0
+        check_succeeded(sender, mon.ids)
         got = as_array(sender.AsyncResult(mon.ids[0]).get(timeout=30))
         if not np.array_equal(got, expected):
             raise AssertionError(f"{name}: task result differs from gensim's vectors")
@@ -137,7 +138,9 @@ def run(ctx: Context) -> None:
         f"once no task arrived for that long. The anchor runs the same Celery settings "
         f"with each pool process loading a {n_mem:,} x {p.dim} gensim model into its own memory "
         f"on its first task. Throughput = tasks / (last result - first send). RSS of a pool "
-        f"process that has not run a task (forked, idle): {bare / MB:.0f} MB.")
+        f"process that has not run a task (forked, idle): {bare / MB:.0f} MB. Redis memory grows "
+        f"during the burst by the results the backend keeps (one {p.scale_doc_len} x {p.dim} "
+        f"float32 matrix each, for CELERY_RESULT_EXPIRES), for both contenders.")
     sec.table(["workers", "peak pool", "throughput", "burst drained in", "max RSS per process",
                "pool after idle", "Redis used_memory at peak"],
               [[r.name, r.peak_pool, f"{r.throughput:,.0f} docs/s",

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import psutil
 import redis
@@ -30,6 +30,14 @@ def done_count(client: redis.Redis, ids: Sequence[str]) -> int:
     """How many of the task ``ids`` have a result in the Redis backend."""
     return sum(client.exists(*(RESULT_PREFIX + i for i in ids[lo:lo + 1000]))
                for lo in range(0, len(ids), 1000))
+
+
+def check_succeeded(sender: Any, ids: Sequence[str]) -> None:
+    """Raise if any of the finished tasks ``ids`` failed (a refused task also has a result)."""
+    for task_id in ids:
+        result = sender.AsyncResult(task_id)
+        if result.state != "SUCCESS":
+            raise RuntimeError(f"task {task_id} ended {result.state}: {result.result!r}")
 
 
 class Worker:
