@@ -2,8 +2,10 @@
 
 Usage::
 
-    .venv/bin/python -m benchmarks --quick            # a few minutes, small sizes
-    .venv/bin/python -m benchmarks --full             # the sizes (long; see the report)
+    .venv/bin/python -m benchmarks --quick            # ~4 minutes on 2 cores, small sizes
+    .venv/bin/python -m benchmarks --full             # the sizes: ~80 minutes on 2 cores,
+                                                      # ~60 of them building 1M-vector indexes
+    .venv/bin/python -m benchmarks --full --similarity-sizes 100000   # ~25 minutes
     .venv/bin/python -m benchmarks --smoke --out /tmp/b   # seconds, for the test suite
     .venv/bin/python -m benchmarks --quick --only latency,memory
     .venv/bin/python -m benchmarks --full --only batch --update   # redo one figure
