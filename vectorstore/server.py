@@ -96,11 +96,14 @@ class EmbeddedRedis:
         cmd = [self.binary, "--save", "", "--appendonly", "no", "--dir", self.dir,
                "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
                *listen, *self.args]
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own sessions: a terminal's Ctrl-C reaches the program that started the server,
+        # which stops it in order, instead of killing Redis under its feet.
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, start_new_session=True)
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(self.process.pid)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         atexit.register(self.stop)
         self._wait(timeout)
         return self
