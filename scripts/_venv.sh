@@ -8,7 +8,7 @@ find_python() {
     for py in "${PYTHON:-}" python3.13 python3.12 python3.11 python3.10 python3; do
         [ -n "$py" ] || continue
         command -v "$py" >/dev/null 2>&1 || continue
-        if "$py" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))'; then
+        if "$py" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; then
             echo "$py"; return 0
         fi
     done

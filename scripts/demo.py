@@ -6,9 +6,11 @@
 3. start ``celery -A tasks worker --autoscale=4,1``;
 4. send one ``tasks.vectorize_document`` per document of the Lee corpus, by name;
 5. print a summary, and a ``most_similar`` computed inside Redis;
-6. shut everything down, also on Ctrl-C.
+6. shut everything down, also on Ctrl-C (within a second or two, at any step).
 
 Run it with ``scripts/demo`` (which makes the virtual environment first).
+``VECTORSTORE_DEMO_MODEL=path`` loads another vector file instead (any format
+``vectorstore load`` reads; the tests use a larger one to interrupt each step).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from typing import Iterator
 import gensim
 import psutil
 import redis
-from gensim.utils import simple_preprocess
 from tqdm import tqdm
 
 from tasks import as_array
@@ -38,7 +39,11 @@ from vectorstore.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(gensim.__file__).parent / "test" / "test_data"
-MODEL, MODEL_FILE, CORPUS = "lee", DATA / "lee_fasttext.vec", DATA / "lee_background.cor"
+MODEL, CORPUS = "lee", DATA / "lee_background.cor"
+MODEL_FILE = Path(os.environ.get("VECTORSTORE_DEMO_MODEL") or DATA / "lee_fasttext.vec")
+# A word whose neighbours in this small model (1,762 words trained on the Lee
+# corpus, a year of Australian news about bushfires) show what it learnt.
+QUERY = "fire"
 
 
 @contextlib.contextmanager
@@ -49,13 +54,18 @@ def redis_urls() -> Iterator[tuple[str, str]]:
         yield store, broker
         return
     with EmbeddedRedis() as server:
-        print(f"embedded Redis 8 at {server.url}")
+        print(f"embedded Redis 8 at {server.url}", flush=True)
         yield server.url, server.url
 
 
 @contextlib.contextmanager
 def worker(store_url: str, broker_url: str, log: Path) -> Iterator[psutil.Process]:
-    """A ``celery -A tasks worker --autoscale=4,1`` subprocess logging to ``log``, stopped on exit."""
+    """A ``celery -A tasks worker --autoscale=4,1`` subprocess logging to ``log``.
+
+    It runs in its own session, so a terminal's Ctrl-C reaches only this
+    program. On the way out it gets a warm shutdown; on an interrupt or an
+    error its whole process group is killed at once (the demo's tasks are
+    not worth waiting for)."""
     env = {**os.environ, "VECTORSTORE_URL": store_url, "CELERY_BROKER_URL": broker_url,
            "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", broker_url),
            "VECTORSTORE_MODEL": MODEL}
@@ -64,15 +74,18 @@ def worker(store_url: str, broker_url: str, log: Path) -> Iterator[psutil.Proces
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    finished = False
     try:
         yield psutil.Process(proc.pid)
+        finished = True
     finally:
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
+        if finished:
+            proc.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20 if finished else 0.01)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
 
 
 def pool_memory(proc: psutil.Process) -> tuple[int, int, int]:
@@ -81,39 +94,53 @@ def pool_memory(proc: psutil.Process) -> tuple[int, int, int]:
     return proc.memory_info().rss, len(pool), max((p.memory_full_info().uss for p in pool), default=0)
 
 
+def corpus() -> list[list[str]]:
+    """The Lee corpus split on whitespace, the way the model was trained: its
+    tokens keep their case and punctuation (``"fire"``, ``"Fire"``, ``"fire."``)."""
+    return [line.split() for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
 def main() -> None:
     with redis_urls() as (store_url, broker_url):
+        print(f"loading {MODEL_FILE.name} ...", flush=True)
         meta = load(str(MODEL_FILE), MODEL, url=store_url)
+        print("building its similarity index ...", flush=True)
         build_index(MODEL, url=store_url)
         print(f"model {MODEL!r}: {meta.count} x {meta.dim} from {MODEL_FILE.name}, "
-              f"stored in {redact(store_url)}")
-        docs = [simple_preprocess(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+              f"stored in {redact(store_url)}", flush=True)
+        docs = corpus()
         app = client_app(broker_url, os.environ.get("CELERY_RESULT_BACKEND", broker_url))
         log = Path(tempfile.gettempdir()) / "vectorstore-demo-worker.log"
+        print("starting celery -A tasks worker --autoscale=4,1 ...", flush=True)
         with worker(store_url, broker_url, log) as proc:
             while not app.control.ping(timeout=0.5):
                 time.sleep(0.2)
+            print(f"sending {len(docs)} documents ...", flush=True)
             start = time.perf_counter()
             pending = [app.send_task("tasks.vectorize_document", [doc], {"model": MODEL})
                        for doc in docs]
-            results = [as_array(r.get(timeout=120)) for r in tqdm(pending, desc="documents", unit="doc")]
+            results = [as_array(r.get(timeout=120))
+                       for r in tqdm(pending, desc="documents", unit="doc")]
             raw = [r.result for r in pending]
             elapsed = time.perf_counter() - start
             main_rss, processes, uss = pool_memory(proc)
         tokens = sum(len(d) for d in docs)
         oov = sum(len(r["missing"]) for r in raw)
-        used = redis.Redis.from_url(store_url).info("memory")["used_memory"]
+        client = redis.Redis.from_url(store_url, socket_timeout=5)
+        used = client.info("memory")["used_memory"]
+        client.close()
         kv = RedisKeyedVectors(MODEL, url=store_url)
         print(f"\n{len(docs)} documents, {tokens} tokens, OOV rate {oov / tokens:.1%}, "
               f"{len(docs) / elapsed:.0f} documents/s ({tokens / elapsed:.0f} tokens/s)")
+        print("  (OOV: words the model dropped as too rare when it was trained; the corpus is "
+              "split on whitespace, as the model was)")
         print(f"matrices: {results[0].shape} ... {results[-1].shape}, float32")
         print(f"worker: main process {main_rss / 2**20:.0f} MiB RSS, {processes} pool processes "
               f"of at most {uss / 2**20:.0f} MiB private memory each (log: {log})")
         print(f"model: {meta.count * meta.dim * 4 / 2**20:.2f} MiB of float32 vectors, held once "
               f"in Redis ({used / 2**20:.1f} MiB used); worker memory does not grow with it")
-        word = "government"
-        print(f"most_similar({word!r}) computed in Redis:")
-        for token, score in kv.most_similar(word, topn=5):
+        print(f"most_similar({QUERY!r}) computed in Redis:")
+        for token, score in kv.most_similar(QUERY, topn=5):
             print(f"  {token:<16} {score:.3f}")
 
 
@@ -121,5 +148,9 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        print("\ninterrupted: worker and Redis stopped", file=sys.stderr)
-        sys.exit(130)
+        # The worker and Redis are stopped by now (the with-blocks above). Exit at
+        # once: pending task results would otherwise try to unsubscribe from the
+        # Redis that is gone, retrying for half a minute as the interpreter exits.
+        print("\ninterrupted: worker and Redis stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
