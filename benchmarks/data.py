@@ -20,10 +20,10 @@ continuing Zipf's law (frequency ~ 1/rank) below the last real word.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from gensim.models import KeyedVectors

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from celery import Celery
 from gensim.models import KeyedVectors
@@ -22,7 +22,7 @@ from tasks.results import pack
 app = Celery("bench-inmemory")
 app.config_from_object("celeryconfig")
 
-_model: Optional[KeyedVectors] = None
+_model: KeyedVectors | None = None
 _lock = threading.Lock()
 
 

@@ -8,7 +8,7 @@ gensim memory-mapped, and a Redis PING as the round-trip floor.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import redis

@@ -97,7 +97,7 @@ def run(ctx: Context) -> None:
         ax.tick_params(axis="y", labelsize=7)
     sec.plot(fig, "fig3_memory", "Redis memory per vector and load rate")
 
-    for name, dt, c in cases[:2]:
+    for _name, dt, c in cases[:2]:
         sec.goal(f"{dt} memory <= 1.15x its {payload[dt]}-byte payload",
                  c["bytes"] <= 1.15 * payload[dt],
                  f"{c['bytes']:.0f} B = {c['bytes'] / payload[dt]:.3f}x")

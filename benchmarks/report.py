@@ -17,10 +17,11 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -38,7 +39,7 @@ _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 class Goal:
     section: str
     what: str
-    passed: Optional[bool]  # None: could not be measured
+    passed: bool | None  # None: could not be measured
     detail: str
     figure: str = ""
 
@@ -49,7 +50,7 @@ class Section:
 
     title: str
     out_dir: Path
-    report: "Report"
+    report: Report
     lines: list[str] = field(default_factory=list)
     figure: str = ""  # the figure module that wrote it
 
@@ -63,7 +64,7 @@ class Section:
             self.lines.append("| " + " | ".join(map(str, row)) + " |")
         self.lines.append("")
 
-    def goal(self, what: str, passed: Optional[bool], detail: str) -> None:
+    def goal(self, what: str, passed: bool | None, detail: str) -> None:
         """Record a goal of the issue and whether this run met it."""
         self.report.goals.append(Goal(self.title, what, passed, detail, self.figure))
         mark = {True: "met", False: "**missed**", None: "not measured"}[passed]

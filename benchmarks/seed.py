@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bz2
 import pickle
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import redis
@@ -51,11 +51,11 @@ class SeedKeyedVectors:
 
     def word_vec(self, word: str) -> np.ndarray:
         raw = self.client.get(f"{self.key}:{word}")
-        if raw is None:
+        if not isinstance(raw, bytes):
             raise KeyError(f"Key '{word}' not present")
         return pickle.loads(bz2.decompress(raw))
 
-    def __getitem__(self, words: Union[str, Sequence[str]]) -> np.ndarray:
+    def __getitem__(self, words: str | Sequence[str]) -> np.ndarray:
         if isinstance(words, str):
             return self.word_vec(words)
         return np.vstack([self.word_vec(word) for word in words])

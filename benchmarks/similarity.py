@@ -10,7 +10,7 @@ Recall@10 = overlap of the returned tokens with gensim's top 10.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def run(ctx: Context) -> None:
                         + [f"{pct(times[k], 50) * 1e3:.3g} / {pct(times[k], 95) * 1e3:.3g} "
                            f"({pct(times[k], 50) / g50:.2f}x)" for k in ("approximate", "exact")]
                         + [f"{np.mean(hits['approximate']):.3f}", f"{np.mean(hits['exact']):.3f}"])
-            curves[(n, quant)] = (pct(times["approximate"], 50), np.mean(hits["approximate"]),
+            curves[(n, quant)] = (pct(times["approximate"], 50), float(np.mean(hits["approximate"])),
                                   pct(times["exact"], 50))
         rows.append([f"{n:,}", f"{GENSIM} (all queries)", "-", f"{4 * p.dim}",
                      f"{pct(gensim_times, 50) * 1e3:.3g} / {pct(gensim_times, 95) * 1e3:.3g} "
@@ -91,7 +91,7 @@ def run(ctx: Context) -> None:
     ctx.flush()
 
     sec.text(
-        f"Query tokens drawn uniformly from the vocabulary ("
+        "Query tokens drawn uniformly from the vocabulary ("
         + ", ".join(f"{queries_for(p.similarity_queries, n)} at {n:,}"
                     for n in p.similarity_sizes) + f"); top {TOPN}; "
         f"index sizes {', '.join(f'{n:,}' for n in p.similarity_sizes)} x {p.dim}. Latency cells: "

