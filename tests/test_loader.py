@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 
-from conftest import TEST_DATA, synthetic_kv
+from vectorstore import RedisKeyedVectors, loader
 from vectorstore.codec import Meta
 from vectorstore.errors import LoadError, LoadInProgressError, ModelNotFoundError
 from vectorstore.index import IndexOptions, read_status
 from vectorstore.keys import I2K_CHUNK, Keys
-from vectorstore import RedisKeyedVectors, loader
 from vectorstore.loader import drop, info, list_models, load, verify
 
 SPECIAL_TOKENS = ["plain", "a:b", "{tag}", "#hash", "vs:x:1:y", "x#meta", "x#i2k:0", "*?[]",
@@ -172,7 +172,23 @@ def _v(*values: float) -> np.ndarray:
 
 
 GOOD = [(b"a", _v(1, 2)), (b"b", _v(3, 4))]
+W16 = b"".join(b"w%d " % i + b" ".join(b"%d.25" % j for j in range(16)) + b"\n" for i in range(5))
+BAD_HEADERS = [b"300 16 0", b"-300 16", b"300 16.0", b"3e2 16", b"+300 16"]
 BAD_FILES = [
+    *[(f"auto-header {h.decode()}", "t.vec", h + b"\n" + W16, "auto",
+       rf"line 1: bad header '{re.escape(h.decode())}': expected 'count dim'")
+      for h in BAD_HEADERS],
+    *[(f"glove-header {h.decode()}", "t.vec", h + b"\n" + W16, "glove",
+       r"line 1: wrong number of values: expected 16, found \d \(a broken word2vec header")
+      for h in BAD_HEADERS],
+    ("auto-header-4-fields", "t.vec", b"300 16 0 1\n" + W16, "auto",
+     r"line 1: wrong number of values: expected 16, found 3 \(a broken word2vec header"),
+    ("header-dim-huge", "t.vec", b"5 1000000000\n" + W16, "auto",
+     r"line 1: bad header '5 1000000000': dimension 1000000000 is larger than 100,000"),
+    ("binary-header-dim-huge", "b.bin", b"1 1000000000\na " + bytes(8), "word2vec-binary",
+     r"line 1: bad header '1 1000000000': dimension 1000000000 is larger than 100,000"),
+    ("header-count-huge", "t.vec", b"5000000000 16\n" + W16, "auto",
+     r"line 1: bad header '5000000000 16': count 5000000000 is more than 4,294,967,295"),
     # (id, file name, content or a function of the tmp dir, format, message pattern)
     ("text-truncated", "t.vec", b"4 3\na 1 2 3\nb 1 2 3\n", "auto",
      r"line 4: the file ends before this line: it has 2 records but its header says 4"),
@@ -249,6 +265,36 @@ def test_bad_file_is_refused_and_leaves_nothing(client: redis.Redis, tmp_path: P
     assert message.startswith(str(path)), message
     assert re.search(pattern, message), message
     assert client.keys("*") == []  # nothing published, no staging keys, no lock, no counter
+
+
+@pytest.mark.parametrize("fmt", ["auto", "glove"])
+def test_file_cut_inside_its_last_number_loads_with_a_warning(
+        client: redis.Redis, tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture) -> None:
+    header = b"" if fmt == "glove" else b"2 3\n"
+    path = tmp_path / "cut.txt"
+    path.write_bytes(header + b"a 1 2 3\nb 4 5 1.097")  # was 1.0977302 before the cut
+    with caplog.at_level(logging.WARNING, "vectorstore.readers"):
+        load(path, "m", client=client, fmt=fmt, progress=False)
+    line = 3 if header else 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}, line {line}: the file ends without a newline after '1.097': if the file was "
+        f"cut short (truncated download?), that last value may be incomplete"]
+    np.testing.assert_array_equal(stored(client, "m")[1], np.float32([[1, 2, 3], [4, 5, 1.097]]))
+    caplog.clear()
+    path.write_bytes(header + b"a 1 2 3\nb 4 5 1.097\n")
+    load(path, "m", client=client, fmt=fmt, progress=False)
+    assert caplog.records == []
+
+
+def test_cli_shows_the_cut_file_warning(redis_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "cut.vec"
+    path.write_bytes(b"2 3\na 1 2 3\nb 4 5 1.097")
+    done = subprocess.run([sys.executable, "-m", "vectorstore.cli", "load", str(path), "--name",
+                           "m", "--url", redis_url, "--no-progress"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"{path}, line 3: the file ends without a newline after '1.097'" in done.stderr
+    assert "loaded m version 1: 2 vectors x 3" in done.stdout
 
 
 def test_duplicate_across_batches_keeps_served_version(client: redis.Redis,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 
-from conftest import TEST_DATA, synthetic_kv
+from vectorstore.errors import LoadError
 from vectorstore.readers import FORMATS, Batch, open_vectors, sniff
 
 # gensim's bundled files that gensim itself loads: (file, detected format)
@@ -115,6 +116,26 @@ def test_glove_tokens_may_contain_spaces(tmp_path: Path) -> None:
     assert tokens == ["new york", "the", ". . .", "2012", "a  b"]
     np.testing.assert_array_equal(vectors, np.array(
         [[0.5, -1, 2.25], [1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]], np.float32))
+
+
+def test_glove_dimension_is_the_common_width_of_the_first_lines(tmp_path: Path) -> None:
+    """A first token ending in a number does not change the dimension of the file."""
+    path = tmp_path / "glove.txt"
+    path.write_text("route 66 1 2 3\nthe 4 5 6\nof 7 8 9\n", encoding="utf-8")
+    reader = open_vectors(path)
+    assert (reader.fmt, reader.dim) == ("glove", 3)
+    assert read_all(reader)[0] == ["route 66", "the", "of"]
+
+
+def test_low_dimensional_glove_with_a_numeric_first_token_needs_its_format(
+        tmp_path: Path) -> None:
+    path = tmp_path / "glove.txt"
+    path.write_text("2012 0.5\nthe 0.25\n", encoding="utf-8")
+    with pytest.raises(LoadError, match=r"line 1: bad header '2012 0.5'.* give the format glove"):
+        open_vectors(path)
+    tokens, vectors = read_all(open_vectors(path, "glove"))
+    assert tokens == ["2012", "the"]
+    np.testing.assert_array_equal(vectors, [[0.5], [0.25]])
 
 
 def test_irregular_spacing_and_crlf(tmp_path: Path) -> None:

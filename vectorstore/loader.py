@@ -45,9 +45,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import hiredis
 import numpy as np
@@ -96,14 +97,14 @@ class ModelInfo:
     meta: Meta
     versions: list[int]
     bytes_used: int
-    loading: Optional[str] = None
+    loading: str | None = None
 
 
-def load(source: Any, name: str, *, url: Optional[str] = None,
-         client: Optional[redis.Redis] = None, fmt: str = "auto", limit: Optional[int] = None,
+def load(source: Any, name: str, *, url: str | None = None,
+         client: redis.Redis | None = None, fmt: str = "auto", limit: int | None = None,
          dtype: str = "float32", batch_size: int = DEFAULT_BATCH, progress: bool = True,
          prefix: str = DEFAULT_PREFIX, grace: float = 2.0,
-         index: Optional[IndexOptions] = None) -> Meta:
+         index: IndexOptions | None = None) -> Meta:
     """Load the vectors of ``source`` as model ``name``; return the published metadata.
 
     Args:
@@ -147,7 +148,7 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
                            "will have none (similarity calls raise IndexNotReadyError) until "
                            "`vectorstore index %s` builds it; load with index=IndexOptions() "
                            "(--index) to build it before the switch", name, old, name)
-        version: Optional[int] = None
+        version: int | None = None
         try:
             version = int(r.incr(keys.seq))
             r.sadd(keys.versions, version)
@@ -184,7 +185,7 @@ def load(source: Any, name: str, *, url: Optional[str] = None,
         return meta
 
 
-def drop(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+def drop(name: str, *, url: str | None = None, client: redis.Redis | None = None,
          prefix: str = DEFAULT_PREFIX) -> int:
     """Delete model ``name`` (every version); return the number of keys deleted.
 
@@ -211,7 +212,7 @@ def drop(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] 
         return deleted
 
 
-def list_models(*, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+def list_models(*, url: str | None = None, client: redis.Redis | None = None,
                 prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Names of the published models under ``prefix``, sorted.
 
@@ -222,7 +223,7 @@ def list_models(*, url: Optional[str] = None, client: Optional[redis.Redis] = No
         return sorted(n.decode() for n in r.smembers(models_key(prefix)))
 
 
-def info(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+def info(name: str, *, url: str | None = None, client: redis.Redis | None = None,
          prefix: str = DEFAULT_PREFIX) -> ModelInfo:
     """Metadata of the served version of ``name``, versions present, and bytes used.
 
@@ -243,7 +244,7 @@ def info(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] 
                          loading=holder.decode(errors="replace") if holder else None)
 
 
-def verify(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
+def verify(name: str, *, url: str | None = None, client: redis.Redis | None = None,
            prefix: str = DEFAULT_PREFIX) -> VerifyResult:
     """Recompute the served version's count and checksum from Redis and compare.
 
@@ -281,7 +282,7 @@ def verify(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis
                             found_checksum=digest.hexdigest(), problems=problems)
 
 
-def _value_problem(value: Optional[bytes], index: int, codec: Codec) -> Optional[str]:
+def _value_problem(value: bytes | None, index: int, codec: Codec) -> str | None:
     """What is wrong with the stored ``value`` of the token at ``index``, if anything."""
     if value is None:
         return "no vector stored"
@@ -355,8 +356,8 @@ class _Writer:
         self.r, self.reader, self.codec = r, reader, codec
         self.digest = hashlib.blake2b()
         self._conn = r.connection_pool.get_connection()
-        self._jobs: queue.Queue[Optional[_Job]] = queue.Queue(depth)
-        self._error: Optional[BaseException] = None
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vectorstore writer", daemon=True)
         self._thread.start()
 
@@ -488,7 +489,7 @@ def _remove_leftovers(r: redis.Redis, keys: Keys) -> None:
 # --- reading ------------------------------------------------------------------------
 
 
-def _current_version(r: redis.Redis, keys: Keys) -> Optional[int]:
+def _current_version(r: redis.Redis, keys: Keys) -> int | None:
     raw = r.get(keys.current)
     return None if raw is None else int(raw)
 
@@ -508,7 +509,7 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     structure += [keys.i2k(meta.version, c) for c in range(chunks)]
     picked = sorted({c * max(chunks - 1, 0) // 7 for c in range(8)})  # 8 chunks, evenly spread
     token_prefix = keys.token_prefix(meta.version)
-    sample: list[Union[bytes, str]] = []
+    sample: list[bytes | str] = []
     for raw in r.mget([keys.i2k(meta.version, c) for c in picked]):
         tokens = raw.decode().split("\n") if raw else []
         step = max(1, len(tokens) * len(picked) // MEMORY_SAMPLE)

@@ -15,6 +15,16 @@ holds the whole file. Formats:
 ``auto``
     a first line of two integers is a header, else the file is GloVe; after a
     header, the file is text if the first record parses as text, else binary.
+    A first line of two or three numbers that is not a valid header (``-300
+    16``, ``300 16.0``, ``300 16 0``) is refused as a bad header rather than
+    read as a GloVe record (``--format glove`` reads such a file as GloVe).
+
+Sanity checks beyond the line syntax: a header's dimension is at most
+:data:`MAX_DIM` and its count at most :data:`MAX_COUNT` (the stored index is a
+uint32); a GloVe file's dimension is the most common number of trailing
+numeric fields over its first lines, so a first line of another width (a broken
+header) is refused with its line number; a text file whose last line has no
+``"\n"`` is loaded with a warning, since its last number may have been cut.
 
 ``.gz`` and ``.bz2`` files (recognised by their magic bytes) are read
 transparently. Problems raise :class:`~vectorstore.errors.LoadError` naming the
@@ -33,18 +43,26 @@ import bz2
 import gzip
 import io
 import itertools
+import logging
 import os
 import re
 import zlib
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import suppress
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import LoadError
 
+logger = logging.getLogger(__name__)
+
 FORMATS = ("auto", "word2vec-binary", "word2vec-text", "fasttext-vec", "glove")
 DEFAULT_BATCH = 1000
+MAX_DIM = 100_000  # real models have 25-4096; a larger header is a corrupt one
+MAX_COUNT = 2**32 - 1  # a stored vector carries its index as a uint32
+GLOVE_SNIFF_LINES = 64  # lines whose widths decide a GloVe file's dimension
 
 _SNIFF_BYTES = 1 << 16
 _CHUNK_BYTES = 1 << 20
@@ -76,9 +94,9 @@ class Reader:
     source: str
     fmt: str
     dim: int
-    count: Optional[int]
+    count: int | None
 
-    def __init__(self, limit: Optional[int], batch_size: int) -> None:
+    def __init__(self, limit: int | None, batch_size: int) -> None:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if batch_size < 1:
@@ -109,14 +127,14 @@ class Reader:
     def close(self) -> None:
         """Release the file, if any."""
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_vectors(source: Any, fmt: str = "auto", *, limit: Optional[int] = None,
+def open_vectors(source: Any, fmt: str = "auto", *, limit: int | None = None,
                  batch_size: int = DEFAULT_BATCH) -> Reader:
     """A reader for ``source``: a file path, or an in-memory gensim ``KeyedVectors``.
 
@@ -166,6 +184,10 @@ def sniff(path: str) -> str:
     first, _, rest = head.partition(b"\n")
     header = _HEADER_RE.fullmatch(first)
     if not header:
+        fields = first.decode("utf-8", "replace").split()
+        if 2 <= len(fields) <= 3 and all(map(_is_number, fields)):
+            # "-300 16", "300 16.0", "300 16 0": a header gone wrong, not a GloVe record
+            _parse_header(first, path, hint="; if it is a GloVe record, give the format glove")
         return "glove"
     return "word2vec-text" if _looks_like_text(rest, int(header[2])) else "word2vec-binary"
 
@@ -192,17 +214,24 @@ def _unreadable(where: str, exc: Exception) -> LoadError:
                      f"corrupt ({exc})")
 
 
-def _parse_header(line: bytes, path: str) -> tuple[int, int]:
-    """``(count, dim)`` from a word2vec header line."""
+def _parse_header(line: bytes, path: str, hint: str = "") -> tuple[int, int]:
+    """``(count, dim)`` from a word2vec header line, within :data:`MAX_COUNT`/:data:`MAX_DIM`."""
     m = _HEADER_RE.fullmatch(line)
+    shown = line[:80].decode("utf-8", "replace").strip()
     if not m or int(m[2]) < 1:
-        shown = line[:80].decode("utf-8", "replace")
         raise LoadError(f"{path}, line 1: bad header {shown!r}: expected 'count dim' "
-                        f"(two integers, dim >= 1)")
-    return int(m[1]), int(m[2])
+                        f"(two integers, dim >= 1){hint}")
+    count, dim = int(m[1]), int(m[2])
+    if dim > MAX_DIM:
+        raise LoadError(f"{path}, line 1: bad header {shown!r}: dimension {dim} is larger than "
+                        f"{MAX_DIM:,} (a corrupt header?)")
+    if count > MAX_COUNT:
+        raise LoadError(f"{path}, line 1: bad header {shown!r}: count {count} is more than "
+                        f"{MAX_COUNT:,} vectors (a corrupt header?)")
+    return count, dim
 
 
-def _cap(count: int, limit: Optional[int]) -> int:
+def _cap(count: int, limit: int | None) -> int:
     return count if limit is None else min(count, limit)
 
 
@@ -212,7 +241,7 @@ class BinaryReader(Reader):
     fmt = "word2vec-binary"
     count: int
 
-    def __init__(self, path: str, *, limit: Optional[int] = None,
+    def __init__(self, path: str, *, limit: int | None = None,
                  batch_size: int = DEFAULT_BATCH) -> None:
         super().__init__(limit, batch_size)
         self.source = path
@@ -297,7 +326,7 @@ class BinaryReader(Reader):
 class TextReader(Reader):
     """Records of a text file: word2vec/fastText (with header) or GloVe (without)."""
 
-    def __init__(self, path: str, fmt: str, *, limit: Optional[int] = None,
+    def __init__(self, path: str, fmt: str, *, limit: int | None = None,
                  batch_size: int = DEFAULT_BATCH) -> None:
         super().__init__(limit, batch_size)
         if fmt not in ("word2vec-text", "fasttext-vec", "glove"):
@@ -308,9 +337,9 @@ class TextReader(Reader):
         self._header_lines = 0 if fmt == "glove" else 1
         try:
             if fmt == "glove":
-                first = self._next_lines(1, 0)
-                self.dim = self._glove_dim(first[0]) if first else 1
-                self._lines = itertools.chain(first, self._lines)
+                head = self._next_lines(GLOVE_SNIFF_LINES, 0)
+                self.dim = self._glove_dim(head)
+                self._lines = itertools.chain(head, self._lines)
                 self.count = None
             else:
                 header = self._next_lines(1, -1)
@@ -335,17 +364,21 @@ class TextReader(Reader):
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(self.where(record), exc) from None
 
-    def _glove_dim(self, raw: bytes) -> int:
-        fields = self._decode([raw], 0)[0].split()
-        numeric = 0
-        for field in reversed(fields[1:]):
-            if not _is_number(field):
-                break
-            numeric += 1
-        if not numeric:
+    def _glove_dim(self, head: list[bytes]) -> int:
+        """The most common number of trailing numeric fields (after a token) of ``head``.
+
+        The most common, not the first line's: a broken header such as ``300 16 0``
+        then fails as line 1 of the wrong width instead of making every line a
+        2-dimensional record whose token is most of the line.
+        """
+        if not head:
+            return 1
+        widths = [_numeric_tail(line.split()[1:])
+                  for line in self._decode(head, 0) if line.strip()]
+        if not widths or not widths[0]:
             raise self.error(0, "not a GloVe line (a token followed by numbers) nor a "
                                 "word2vec header ('count dim')")
-        return numeric
+        return Counter(widths).most_common(1)[0][0] or widths[0]
 
     def _batches(self) -> Iterator[Batch]:
         total = self.count if self.count is not None else self.limit
@@ -355,6 +388,8 @@ class TextReader(Reader):
             raw = self._next_lines(want, first)
             if raw:
                 tokens, vectors = self._parse(raw, first)
+                if not raw[-1].endswith(b"\n"):
+                    self._warn_unterminated(first + len(raw) - 1, raw[-1])
                 yield Batch(tokens, vectors, first)
                 first += len(raw)
             if len(raw) < want:
@@ -363,6 +398,13 @@ class TextReader(Reader):
                                      f"records but its header says {self.header_count} "
                                      f"(truncated)")
                 return
+
+    def _warn_unterminated(self, record: int, line: bytes) -> None:
+        """Warn that the file ends without ``"\\n"``: record ``record``'s last number may be cut."""
+        last = line.rsplit(None, 1)[-1].decode("utf-8", "replace")
+        logger.warning("%s: the file ends without a newline after %r: if the file was cut "
+                       "short (truncated download?), that last value may be incomplete",
+                       self.where(record), last)
 
     def _decode(self, raw: list[bytes], first: int) -> list[str]:
         try:
@@ -408,6 +450,8 @@ class TextReader(Reader):
             if len(fields) != dim:
                 cut = ("" if raw[i].endswith(b"\n")
                        else " (the file ends inside this line: truncated?)")
+                if glove and first + i == 0 and all(map(_is_number, line.split())):
+                    cut += " (a broken word2vec header? it must be 'count dim')"
                 raise self.error(first + i, f"wrong number of values: expected {dim}, "
                                  f"found {len(fields)}{cut}")
             values = _numbers(" ".join(fields))
@@ -420,12 +464,17 @@ class TextReader(Reader):
         return tokens, vectors
 
 
-def _numbers(text: str) -> Optional[np.ndarray]:
+def _numbers(text: str) -> np.ndarray | None:
     """The whitespace-separated float32 numbers of ``text``, or None if one is not a number."""
     try:
         return np.fromstring(text, dtype=np.float32, sep=" ")
     except ValueError:
         return None
+
+
+def _numeric_tail(fields: list[str]) -> int:
+    """How many of ``fields``, counted from the end, are numbers."""
+    return next((n for n, f in enumerate(reversed(fields)) if not _is_number(f)), len(fields))
 
 
 def _is_number(field: str) -> bool:
@@ -439,7 +488,7 @@ class KeyedVectorsReader(Reader):
     fmt = "gensim"
     count: int
 
-    def __init__(self, kv: Any, *, limit: Optional[int] = None,
+    def __init__(self, kv: Any, *, limit: int | None = None,
                  batch_size: int = DEFAULT_BATCH) -> None:
         super().__init__(limit, batch_size)
         self.kv = kv
