@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from .codec import Codec, Meta, check_dtype
 from .connection import connection
-from .errors import LoadError, LoadInProgressError, ModelNotFoundError
+from .errors import CorruptValueError, LoadError, LoadInProgressError, ModelNotFoundError
 from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
 from .lock import Lock
@@ -142,7 +142,7 @@ def load(source: Any, name: str, *, url: str | None = None,
         if index is not None:
             check_vector_sets(r.execute_command, server_id(r), keys.vset(0))
         _remove_leftovers(r, keys)
-        old = _current_version(r, keys)
+        old = _replaceable_version(r, keys)
         if index is None and old is not None and read_status(r.execute_command, keys, old).ready:
             logger.warning("model %s: served version %s has a similarity index, the new one "
                            "will have none (similarity calls raise IndexNotReadyError) until "
@@ -199,9 +199,10 @@ def drop(name: str, *, url: str | None = None, client: redis.Redis | None = None
     """
     keys = Keys(name, prefix)
     with connection(url, client) as r, _lock(r, keys):
-        current = _current_version(r, keys)
+        current = _replaceable_version(r, keys)
         versions = {int(v) for v in r.smembers(keys.versions)}
-        if current is None and not versions and not r.sismember(keys.models, name):
+        if (current is None and not versions and not r.sismember(keys.models, name)
+                and not r.exists(keys.current)):
             raise ModelNotFoundError(f"no model named {name!r} under prefix {prefix!r}")
         with r.pipeline() as pipe:
             pipe.delete(keys.current, keys.versions)
@@ -246,7 +247,21 @@ def info(name: str, *, url: str | None = None, client: redis.Redis | None = None
 
 def verify(name: str, *, url: str | None = None, client: redis.Redis | None = None,
            prefix: str = DEFAULT_PREFIX) -> VerifyResult:
-    """Recompute the served version's count and checksum from Redis and compare.
+    """Check every stored token of the served version against its metadata; name what is wrong.
+
+    Streams over the index->token chunks (one ``GET`` and one ``MGET`` per 1024
+    tokens) and reports, per token: a missing key, a key of another type, a
+    value of the wrong length, a value whose stored index is not the token's
+    (a random or moved value), a NaN/inf value; per chunk: a missing, retyped or
+    malformed chunk. It then counts the version's token keys with ``SCAN`` and,
+    if there are more than the model's tokens, names the keys that are not
+    tokens of the model (they would be served for an out-of-vocabulary word).
+    Finally the count and checksum are compared with the metadata; a value
+    whose floats were changed in place shows there only.
+
+    Raises:
+        ModelNotFoundError: nothing named ``name``.
+        CorruptValueError: the model's alias or metadata is unreadable.
 
     >>> result = verify("news")                                        # doctest: +SKIP
     >>> result.ok, result.found_count
@@ -255,41 +270,167 @@ def verify(name: str, *, url: str | None = None, client: redis.Redis | None = No
     keys = Keys(name, prefix)
     with connection(url, client) as r:
         meta = _current_meta(r, keys)
-        codec, token_prefix = meta.codec(), keys.token_prefix(meta.version)
-        digest = hashlib.blake2b()
-        problems: list[str] = []
-        bad = found = chunk = 0
-        while (raw := r.get(keys.i2k(meta.version, chunk))) is not None:
-            tokens = [t.encode() for t in raw.decode("utf-8", "replace").split("\n")]
-            values = r.mget([token_prefix + t for t in tokens])
-            present = []
-            for i, (token, value) in enumerate(zip(tokens, values, strict=True), start=found):
-                problem = _value_problem(value, i, codec)
-                if problem is None:
-                    present.append(i - found)
-                    continue
-                bad += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(f"token {token.decode()!r} (index {i}): {problem}")
-            digest.update(_checksum_input([tokens[j] for j in present],
-                                          [values[j] for j in present], codec.payload))
-            found += len(tokens)
-            chunk += 1
-        if bad > len(problems):
-            problems.append(f"... and {bad - len(problems)} more")
+        check = _TokenCheck(r, keys, meta)
+        chunks = -(-meta.count // I2K_CHUNK)
+        for chunk in range(chunks):
+            check.chunk(chunk, last=chunk == chunks - 1)
+        if r.exists(keys.i2k(meta.version, chunks)):
+            check.problem(f"index->token chunk {chunks} exists, but the metadata counts "
+                          f"{meta.count} tokens ({chunks} chunks)")
+        check.extra_keys()
+        if _current_version(r, keys) != meta.version:
+            check.problem(f"the model was reloaded while it was verified (it now serves "
+                          f"another version than {meta.version}): run verify again")
+        problems = check.problems
+        if check.bad > len(problems):
+            problems.append(f"... and {check.bad - len(problems)} more")
         return VerifyResult(name=name, version=meta.version, expected_count=meta.count,
-                            found_count=found, expected_checksum=meta.checksum,
-                            found_checksum=digest.hexdigest(), problems=problems)
+                            found_count=check.found, expected_checksum=meta.checksum,
+                            found_checksum=check.digest.hexdigest(), problems=problems)
 
 
-def _value_problem(value: bytes | None, index: int, codec: Codec) -> str | None:
-    """What is wrong with the stored ``value`` of the token at ``index``, if anything."""
-    if value is None:
-        return "no vector stored"
-    if len(value) != codec.size:
-        return f"value has {len(value)} bytes, expected {codec.size}"
-    stored = int.from_bytes(value[-4:], "little")
-    return None if stored == index else f"value carries index {stored}"
+class _TokenCheck:
+    """The state of one :func:`verify` run: problems found, tokens seen, checksum so far."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta) -> None:
+        self.r, self.keys, self.meta = r, keys, meta
+        self.codec = meta.codec()
+        self.token_prefix = keys.token_prefix(meta.version)
+        self.digest = hashlib.blake2b()
+        self.problems: list[str] = []
+        self.bad = self.found = self.existing = 0
+        self.named: set[bytes] = set()  # token keys already reported
+        self.bad_chunks: set[int] = set()  # their tokens' keys are not checked one by one
+
+    def problem(self, text: str) -> None:
+        self.bad += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def chunk(self, chunk: int, last: bool) -> None:
+        """Check the tokens of index->token chunk ``chunk`` and hash the good ones."""
+        first = chunk * I2K_CHUNK
+        want = self.meta.count - first if last else I2K_CHUNK
+        where = f"index->token chunk {chunk} (indexes {first}-{first + want - 1})"
+        try:
+            raw = self.r.get(self.keys.i2k(self.meta.version, chunk))
+        except redis.ResponseError as exc:  # WRONGTYPE
+            raw = None
+            self.problem(f"{where}: unreadable ({exc})")
+        else:
+            if raw is None:
+                self.problem(f"{where}: missing")
+        if raw is None:
+            self.bad_chunks.add(chunk)
+            return
+        tokens = bytes(raw).split(b"\n")
+        if len(tokens) != want:
+            self.bad_chunks.add(chunk)
+            self.problem(f"{where}: holds {len(tokens)} tokens, expected {want}")
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problem(f"{where}: invalid UTF-8 at byte {exc.start}")
+        names = [self.token_prefix + t for t in tokens]
+        values = self.r.mget(names)
+        problems = self._value_problems(values, first)
+        retyped = [i for i, v in enumerate(values) if v is None]
+        if retyped:
+            with self.r.pipeline(transaction=False) as pipe:
+                for i in retyped:
+                    pipe.type(names[i])
+                for i, kind in zip(retyped, pipe.execute(), strict=True):
+                    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+                    if kind != "none":
+                        problems[i] = f"the key is a {kind}, not a string (retyped)"
+                        self.existing += 1
+        self.existing += len(values) - len(retyped)
+        for i, problem in sorted(problems.items()):
+            self.named.add(names[i])
+            token = tokens[i].decode("utf-8", "replace")
+            self.problem(f"token {token!r} (index {first + i}): {problem}")
+        good = [i for i in range(len(tokens)) if i not in problems]
+        self.digest.update(_checksum_input([tokens[i] for i in good],
+                                           [bytes(values[i]) for i in good],
+                                           self.codec.payload))
+        self.found += len(tokens)
+
+    def _value_problems(self, values: list[Any], first: int) -> dict[int, str]:
+        """What is wrong with each stored value (None: no key) of tokens ``first``..."""
+        problems: dict[int, str] = {}
+        ok: list[int] = []
+        for i, value in enumerate(values):
+            if value is None:
+                problems[i] = "no vector stored"
+            elif len(value) != self.codec.size:
+                problems[i] = f"value has {len(value)} bytes, expected {self.codec.size}"
+            else:
+                ok.append(i)
+        for i, (vector, index) in zip(ok, self._decode([values[i] for i in ok]), strict=True):
+            if index != first + i:
+                problems[i] = (f"value carries index {index}: it is not this token's "
+                               f"(overwritten or copied from another key)")
+            elif not np.isfinite(vector).all():
+                col = int(np.argmin(np.isfinite(vector)))
+                problems[i] = f"value {vector[col]} (field {col + 1}) is not finite"
+        return problems
+
+    def _decode(self, values: list[bytes]) -> list[tuple[np.ndarray, int]]:
+        """(vector, stored index) of each value of the right length."""
+        if not values:
+            return []
+        # the layout's own decoding, value by value if it refuses the batch
+        try:
+            return list(zip(self.codec.decode(values), self.codec.decode_indexes(values).tolist(),
+                            strict=True))
+        except CorruptValueError:
+            if len(values) == 1:
+                return [(np.full(self.codec.dim, np.nan, np.float32), -1)]
+            return [pair for v in values for pair in self._decode([v])]
+
+    def extra_keys(self) -> None:
+        """Name the version's token keys that are not tokens of the model, if any."""
+        pattern = self.token_prefix + b"*"
+        scanned = sum(1 for _ in self.r.scan_iter(match=pattern, count=SCAN_COUNT))
+        if scanned <= self.existing:
+            return
+        chunks: dict[int, list[bytes]] = {}
+        batch: list[bytes] = []
+        for key in self.r.scan_iter(match=pattern, count=SCAN_COUNT):
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                self._check_membership(batch, chunks)
+                batch = []
+        self._check_membership(batch, chunks)
+
+    def _check_membership(self, names: list[bytes], chunks: dict[int, list[bytes]]) -> None:
+        """Report the keys of ``names`` whose stored index does not lead back to them."""
+        names = [n for n in names if n not in self.named]
+        if not names:
+            return
+        values = self.r.mget(names)
+        start = len(self.token_prefix)
+        for name, value in zip(names, values, strict=True):
+            token = name[start:]
+            index = -1
+            if value is not None and len(value) == self.codec.size:
+                index = self._decode([bytes(value)])[0][1]
+            chunk = index // I2K_CHUNK if 0 <= index < self.meta.count else -1
+            if chunk in self.bad_chunks:
+                continue  # reported with its chunk
+            if chunk >= 0 and chunk not in chunks:
+                if len(chunks) >= 64:
+                    chunks.clear()
+                with suppress(redis.ResponseError):
+                    raw = self.r.get(self.keys.i2k(self.meta.version, chunk))
+                    chunks[chunk] = bytes(raw).split(b"\n") if raw else []
+            listed = chunks.get(chunk, [])
+            if chunk < 0 or index % I2K_CHUNK >= len(listed) \
+                    or listed[index % I2K_CHUNK] != token:
+                self.named.add(name)
+                self.problem(f"key {name.decode('utf-8', 'replace')!r} is not a token of the "
+                             f"model (not in its index->token chunks); it would be served for "
+                             f"{token.decode('utf-8', 'replace')!r}")
 
 
 # --- writing ------------------------------------------------------------------------
@@ -479,7 +620,7 @@ def _delete_version(r: redis.Redis, keys: Keys, version: int) -> int:
 
 def _remove_leftovers(r: redis.Redis, keys: Keys) -> None:
     """Delete every version but the current one (call with the lock held)."""
-    current = _current_version(r, keys)
+    current = _replaceable_version(r, keys)
     for version in sorted(int(v) for v in r.smembers(keys.versions)):
         if version != current:
             logger.info("model %s: removing leftover version %s", keys.name, version)
@@ -490,16 +631,48 @@ def _remove_leftovers(r: redis.Redis, keys: Keys) -> None:
 
 
 def _current_version(r: redis.Redis, keys: Keys) -> int | None:
-    raw = r.get(keys.current)
-    return None if raw is None else int(raw)
+    """The version the alias points to; CorruptValueError if it holds no version number."""
+    try:
+        raw = r.get(keys.current)
+    except redis.ResponseError as exc:  # WRONGTYPE
+        raise CorruptValueError(f"model {keys.name!r}: its alias {keys.current} is "
+                                f"unreadable ({exc}): reload or drop the model") from None
+    if raw is None:
+        return None
+    text = bytes(raw).decode("utf-8", "replace")
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise CorruptValueError(f"model {keys.name!r}: its alias {keys.current} holds "
+                                f"{text[:40]!r}, not a version number: reload or drop the model")
+    return int(text)
+
+
+def _replaceable_version(r: redis.Redis, keys: Keys) -> int | None:
+    """The current version for a load or drop, which replace a corrupt alias (None then)."""
+    try:
+        return _current_version(r, keys)
+    except CorruptValueError as exc:
+        logger.warning("%s (replacing it)", exc)
+        return None
 
 
 def _current_meta(r: redis.Redis, keys: Keys) -> Meta:
     version = _current_version(r, keys)
-    raw = r.hgetall(keys.meta(version)) if version is not None else None
-    if not raw:
+    if version is None:
         raise ModelNotFoundError(f"no model named {keys.name!r} under prefix {keys.prefix!r}")
-    return Meta.from_hash(raw)
+    try:
+        raw = r.hgetall(keys.meta(version))
+    except redis.ResponseError as exc:  # WRONGTYPE
+        raise CorruptValueError(f"model {keys.name!r}: its metadata {keys.meta(version)} is "
+                                f"unreadable ({exc})") from None
+    if not raw:
+        raise CorruptValueError(f"model {keys.name!r}: its alias {keys.current} points to "
+                                f"version {version}, which has no metadata "
+                                f"({keys.meta(version)}): reload or drop the model")
+    meta = Meta.from_hash(raw)
+    if meta.version != version:
+        raise CorruptValueError(f"model {keys.name!r}: the metadata of version {version} says "
+                                f"version {meta.version}")
+    return meta
 
 
 def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
