@@ -4,16 +4,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 import redis
 from click.testing import CliRunner, Result
-
+from conftest import TEST_DATA
 from gensim.models import KeyedVectors
 
-from conftest import TEST_DATA
 from vectorstore import RedisKeyedVectors
 from vectorstore.cli import main
 from vectorstore.keys import Keys
@@ -23,7 +22,7 @@ LEE = TEST_DATA / "lee_fasttext.vec"
 EUCLIDEAN = TEST_DATA / "euclidean_vectors.bin"
 
 
-def run(*args: str, input: Optional[str] = None, env: Optional[dict] = None) -> Result:
+def run(*args: str, input: str | None = None, env: dict | None = None) -> Result:
     env = {"VECTORSTORE_URL": None, "REDIS_URL": None, **(env or {})}
     return CliRunner().invoke(main, list(args), input=input, env=env, catch_exceptions=False)
 

