@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from celery import Celery
+from acl_users import README_ACL
 from conftest import synthetic_kv
 from gensim.models import KeyedVectors
 
@@ -179,3 +180,9 @@ def test_worker_block_serves_tasks(worker: Celery, news: KeyedVectors) -> None:
 
     r = worker.send_task("tasks.vectorize_document", [["fast", "red", "car"]], {"model": "news"})
     assert np.array_equal(as_array(r.get(timeout=30)), news[["fast", "red", "car"]])
+
+
+def test_readme_acl_lines_are_the_tested_ones() -> None:
+    """The ACL users the README recommends are exactly those test_acl.py runs."""
+    [block] = [b for b in blocks("") if "ACL SETUSER" in b]
+    assert tuple(line for line in block.splitlines() if line.strip()) == README_ACL
