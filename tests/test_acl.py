@@ -88,6 +88,7 @@ def loaded(server: EmbeddedRedis, admin: redis.Redis, idle_health_check: None) -
     cli("load", str(LEE), "--name", "lee", "--no-progress", "--index", url=loader)
     cli("index", "lee", "--quantization", "noquant", "--force", "--no-progress", url=loader)
     version = admin.get("vs:lee#current")
+    assert isinstance(version, str)
     assert f"lee version {version}: ok" in cli("verify", "lee", url=loader).stdout
     shown = cli("info", "lee", url=loader).stdout
     assert "other versions: none" in shown and "index:          ready (noquant" in shown

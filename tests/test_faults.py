@@ -141,3 +141,18 @@ def test_task_on_a_stalled_store_is_retried_and_succeeds(store: EmbeddedRedis, m
             assert not thawed.is_set()
         assert np.array_equal(as_array(result.get(timeout=60)), model[doc])
         assert "StoreUnavailableError" in worker.log() and "SoftTimeLimit" not in worker.log()
+
+
+def test_wrong_password_is_not_retried(redis_url: str, client: redis.Redis) -> None:
+    """A refused login is a ConnectionError to redis-py, but retrying cannot fix it."""
+    def denied() -> int:
+        return client.info("stats")["acl_access_denied_auth"]
+
+    client.execute_command("ACL", "SETUSER", "u", "on", ">right", "~*", "+@all")
+    try:
+        before = denied()
+        with pytest.raises(redis.AuthenticationError):
+            connect(redis_url.replace("redis://", "redis://u:wrong@")).ping()
+        assert denied() == before + 1
+    finally:
+        client.execute_command("ACL", "DELUSER", "u")

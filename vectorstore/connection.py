@@ -19,7 +19,7 @@ Timeouts, in seconds, from the environment (read when a client is made):
 
 Connection errors (refused, reset, Redis still loading its data) are retried
 ``RETRIES`` = 5 times, sleeping 0.1, 0.2, 0.4, 0.8 and 1.6 s in between (3.1 s in
-all), so a restart of up to ~3 s goes unnoticed. A timeout is not retried: a
+all), so a restart of up to ~3 s goes unnoticed; a wrong password is not retried. A timeout is not retried: a
 Redis that did not answer within the timeout is stalled, and asking again at
 once only multiplies the wait (a Celery task retries later instead). So a
 stalled (frozen) Redis fails a call after one socket timeout (5 s), or one
@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -55,6 +55,7 @@ DEFAULT_URL = "redis://localhost:6379/0"
 RETRIES = 5
 BACKOFF_BASE = 0.05  # seconds; the n-th retry sleeps min(BACKOFF_CAP, BACKOFF_BASE * 2**n)
 BACKOFF_CAP = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,30 @@ def check_url(url: str) -> None:
 # --- clients ------------------------------------------------------------------------
 
 
+class _GiveUp(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Retry(Retry):
+    """:class:`~redis.retry.Retry` that gives up at once on a refused login: redis-py's
+    AuthenticationError is a ConnectionError, but asking again cannot fix a password."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], *args: Any,
+                        **kwargs: Any) -> T:
+        def attempt() -> T:
+            try:
+                return do()
+            except redis.AuthenticationError as exc:
+                raise _GiveUp(exc) from exc
+
+        try:
+            return super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _GiveUp as give_up:
+            raise give_up.error from None
+
+
 def connect(url: str | None = None, retries: int | None = None, **kwargs: Any) -> redis.Redis:
     """A redis-py client for ``url`` with this module's timeouts and retries.
 
@@ -223,9 +248,9 @@ def connect(url: str | None = None, retries: int | None = None, **kwargs: Any) -
     t = Timeouts.from_env()
     options: dict[str, Any] = {
         # only connection errors: a timeout means a stalled server (see the module doc)
-        "retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE),
-                       RETRIES if retries is None else retries,
-                       supported_errors=(redis.ConnectionError,)),
+        "retry": _Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE),
+                        RETRIES if retries is None else retries,
+                        supported_errors=(redis.ConnectionError,)),
         "socket_connect_timeout": t.connect,
         "socket_timeout": t.socket,
         "health_check_interval": t.health_check,
