@@ -13,6 +13,8 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:news:3#vset-build      vector set being built, renamed to #vset when done
     vs:news:3#vset-lock       index builder lock (SET NX PX, value names the owner)
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
+    vs:news:3#ng:<bucket>     fastText models: n-gram bucket row, same layout
+                              (vector bytes + uint32 bucket number)
 
 Token keys and structure keys of a version cannot collide: tokens always
 follow ``:`` and structures follow ``#``, and model names may contain neither.
@@ -107,6 +109,17 @@ class Keys:
 
     def token(self, version: int, token: str) -> bytes:
         return self.token_prefix(version) + token.encode("utf-8")
+
+    def ngram_prefix(self, version: int) -> bytes:
+        """Bytes to prepend to a decimal bucket number to get its n-gram row key.
+
+        >>> Keys("ft").ngram_prefix(3) + b"17"
+        b'vs:ft:3#ng:17'
+        """
+        return f"{self.base}:{version}#ng:".encode()
+
+    def ngram(self, version: int, bucket: int) -> bytes:
+        return self.ngram_prefix(version) + str(bucket).encode()
 
     def version_pattern(self, version: int) -> str:
         """SCAN pattern matching every key of one version (tokens and structures)."""

@@ -58,6 +58,7 @@ from tqdm import tqdm
 from .codec import Codec, Meta, check_dtype
 from .connection import connection
 from .errors import CorruptValueError, LoadError, LoadInProgressError, ModelNotFoundError
+from .fasttext import FastTextReader
 from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
 from .lock import Lock
@@ -160,6 +161,10 @@ def load(source: Any, name: str, *, url: str | None = None,
                                                lock, progress)
             if not meta.count:
                 raise LoadError(f"{reader.source}: no vectors to load")
+            if isinstance(reader, FastTextReader) and reader.params is not None:
+                # fastText .bin: its n-gram buckets and their parameters, still unpublished
+                meta.extra.update(_write_ngrams(r, keys, version, reader,
+                                                Codec(reader.dim, dtype), lock, progress))
             meta.extra["load_seconds"] = f"{time.monotonic() - started:.3f}"
             if index is not None:
                 r.hset(keys.meta(version), mapping=meta.to_hash())  # the builder reads count
@@ -579,6 +584,45 @@ def _check_float16(reader: Reader, vectors: np.ndarray, first: int) -> None:
         row, col = np.argwhere(~finite)[0]
         raise reader.error(first + int(row), f"value {vectors[row, col]} (field {col + 1}) "
                            f"does not fit in float16 (max 65504): load it as float32")
+
+
+# --- fastText n-gram buckets (vectorstore.fasttext, vectorstore.subword) ----------------
+
+
+def _write_ngrams(r: redis.Redis, keys: Keys, version: int, reader: FastTextReader,
+                  codec: Codec, lock: Lock, progress: bool) -> dict[str, str]:
+    """Write every n-gram bucket row of ``reader`` as ``version``; return its metadata fields."""
+    assert reader.params is not None
+    prefix = keys.ngram_prefix(version)
+    writer = _Writer(r, reader, codec)
+    try:
+        with tqdm(total=reader.params.bucket, unit=" buckets", unit_scale=True,
+                  disable=not progress, desc=f"n-grams {keys.name}", mininterval=0.5) as bar:
+            for first, rows in reader.ngram_rows():
+                lock.check()
+                _check_ngrams(reader, rows, first, codec.dtype)
+                numbers = [str(b) for b in range(first, first + len(rows))]
+                values = codec.encode(rows, start=first)
+                raw = [n.encode() for n in numbers]
+                writer.send(_Job(first, numbers, [prefix + n for n in raw], values, [],
+                                 _checksum_input(raw, values, codec.payload)))
+                bar.update(len(rows))
+            writer.close()
+    finally:
+        writer.stop()
+    return {**reader.params.to_extra(), "subword_checksum": writer.digest.hexdigest()}
+
+
+def _check_ngrams(reader: FastTextReader, rows: np.ndarray, first: int, dtype: str) -> None:
+    """Raise LoadError for a NaN/inf bucket value, or one too large for float16."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(rows.astype(np.float16) if dtype == "float16" else rows)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        hint = ("does not fit in float16 (max 65504): load it as float32"
+                if np.isfinite(rows[row, col]) else "is not a finite float32 number")
+        raise LoadError(f"{reader.source}: n-gram bucket {first + int(row)}: value "
+                        f"{rows[row, col]} (field {col + 1}) {hint}")
 
 
 def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: Lock) -> None:

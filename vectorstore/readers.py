@@ -12,6 +12,9 @@ holds the whole file. Formats:
     no header; a line's LAST ``dim`` fields are numbers and the token is
     everything before them, so tokens may contain spaces. ``dim`` comes from
     the first line (its trailing numeric fields).
+``fasttext-bin``
+    Facebook's fastText binary model (``.bin``), with its n-gram buckets:
+    :mod:`vectorstore.fasttext` (``auto`` knows it by its magic number).
 ``auto``
     a first line of two integers is a header, else the file is GloVe; after a
     header, the file is text if the first record parses as text, else binary.
@@ -58,7 +61,8 @@ from .errors import LoadError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "word2vec-binary", "word2vec-text", "fasttext-vec", "glove")
+FORMATS = ("auto", "word2vec-binary", "word2vec-text", "fasttext-vec", "glove",
+           "fasttext-bin")  # fasttext-bin: vectorstore.fasttext
 DEFAULT_BATCH = 1000
 MAX_DIM = 100_000  # real models have 25-4096; a larger header is a corrupt one
 MAX_COUNT = 2**32 - 1  # a stored vector carries its index as a uint32
@@ -155,6 +159,9 @@ def open_vectors(source: Any, fmt: str = "auto", *, limit: int | None = None,
     path = os.path.abspath(os.fspath(source))
     if fmt == "auto":
         fmt = sniff(path)
+    if fmt == "fasttext-bin":  # Facebook's binary model, with n-gram buckets
+        from .fasttext import FastTextReader
+        return FastTextReader(path, limit=limit, batch_size=batch_size)
     if fmt == "word2vec-binary":
         return BinaryReader(path, limit=limit, batch_size=batch_size)
     return TextReader(path, fmt, limit=limit, batch_size=batch_size)
@@ -181,6 +188,9 @@ def sniff(path: str) -> str:
         # a damaged file is sniffed on what can be read; its reader reports where it breaks
         while len(head) < _SNIFF_BYTES and (piece := f.read(4096)):
             head += piece
+    from .fasttext import looks_like_fasttext  # here: it imports this module
+    if looks_like_fasttext(head):
+        return "fasttext-bin"
     first, _, rest = head.partition(b"\n")
     header = _HEADER_RE.fullmatch(first)
     if not header:
