@@ -1,6 +1,9 @@
 """The ``vectorstore`` command: exit codes, messages, URL resolution, password redaction."""
 from __future__ import annotations
 
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -67,10 +70,13 @@ def test_load_list_info_verify_drop(redis_url: str, client: redis.Redis) -> None
     tampered = run("verify", "lee", "--url", redis_url)
     assert tampered.exit_code == 1 and "MISMATCH" in tampered.stderr
 
-    refused = run("drop", "lee", "--url", redis_url, input="n\n")
-    assert refused.exit_code == 1 and client.exists("vs:lee#current")
-    dropped = run("drop", "lee", "--url", redis_url, input="y\n")
-    assert dropped.exit_code == 0 and "dropped lee (" in dropped.stdout
+    no_terminal = run("drop", "lee", "--url", redis_url, input="y\n")
+    assert_one_line_error(no_terminal, "not dropping lee: there is no terminal to confirm on; "
+                                       "pass --yes")
+    assert client.exists("vs:lee#current")
+    dropped = run("drop", "lee", "--yes", "--url", redis_url)
+    assert dropped.exit_code == 0 and dropped.stdout.startswith("dropped lee (")
+    assert dropped.stdout.endswith(f" keys) from {redis_url}\n")
     assert run("drop", "euc", "--yes", "--url", redis_url).exit_code == 0
     assert_one_line_error(run("drop", "lee", "--yes", "--url", redis_url),
                           "no model named 'lee'")
@@ -136,17 +142,65 @@ def acl_user(client: redis.Redis, redis_url: str) -> Iterator[str]:
 def test_password_is_never_printed(acl_user: str) -> None:
     outputs = []
     for args in (["load", str(LEE), "--name", "m"], ["list"], ["info", "m"], ["verify", "m"],
-                 ["drop", "m"]):
-        result = run(*args, input="y\n", env={"VECTORSTORE_URL": acl_user})
+                 ["drop", "m", "--yes"]):
+        result = run(*args, env={"VECTORSTORE_URL": acl_user})
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
     assert "redis://loader:***@127.0.0.1:" in outputs[0]  # load names where it loaded
-    assert "redis://loader:***@127.0.0.1:" in outputs[4]  # drop asks about where
+    assert "redis://loader:***@127.0.0.1:" in outputs[4]  # drop too
     assert not any("s3cret" in out for out in outputs)
 
     wrong = run("list", "--url", acl_user.replace("s3cret", "wrong-pw"))
     assert_one_line_error(wrong, "redis://loader:***@")
     assert "wrong-pw" not in wrong.output
+
+
+def _on_terminal(args: list[str], answer: str) -> tuple[int, str]:
+    """Run ``vectorstore *args`` on a pseudo-terminal, type ``answer`` at its ``[y/N]``
+    prompt; return its exit code and everything it printed."""
+    main_fd, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vectorstore.cli", *args], stdin=terminal,
+                            stdout=terminal, stderr=terminal, close_fds=True)
+    os.close(terminal)
+    seen = b""
+    try:
+        while b"[y/N]" not in seen:
+            ready, _, _ = select.select([main_fd], [], [], 30)
+            assert ready, f"no prompt: {seen!r}"
+            seen += os.read(main_fd, 4096)
+        os.write(main_fd, answer.encode() + b"\n")
+        while True:
+            ready, _, _ = select.select([main_fd], [], [], 30)
+            assert ready, f"no exit: {seen!r}"
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the program closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return proc.wait(30), seen.decode().replace("\r\n", "\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main_fd)
+
+
+def test_drop_asks_on_a_terminal(redis_url: str, client: redis.Redis) -> None:
+    assert run("load", str(LEE), "--name", "lee", "--no-progress", "--url", redis_url).exit_code == 0
+    code, out = _on_terminal(["drop", "lee", "--url", redis_url], "n")
+    assert code == 1 and f"Drop model lee and all its versions from {redis_url}? [y/N]: n" in out
+    assert "Aborted!" in out and "Traceback" not in out and client.exists("vs:lee#current")
+    code, out = _on_terminal(["drop", "lee", "--url", redis_url], "y")
+    assert code == 0 and "dropped lee (" in out and not client.exists("vs:lee#current")
+    assert run("load", str(LEE), "--name", "lee", "--no-progress", "--url", redis_url).exit_code == 0
+    piped = subprocess.run([sys.executable, "-m", "vectorstore.cli", "drop", "lee", "--url",
+                            redis_url], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=60)
+    assert (piped.returncode, piped.stdout, piped.stderr) == (
+        2, "", "error: not dropping lee: there is no terminal to confirm on; pass --yes\n")
+    assert client.exists("vs:lee#current")
 
 
 def test_url_comes_from_option_then_environment(redis_url: str) -> None:

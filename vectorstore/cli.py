@@ -15,12 +15,13 @@ Examples::
     vectorstore info news
     vectorstore index news --quantization q8
     vectorstore verify news
-    vectorstore drop news --yes
+    vectorstore drop news --yes            # on a terminal, without --yes, it asks
 """
 from __future__ import annotations
 
 import datetime
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -253,16 +254,20 @@ def index(ctx: click.Context, name: str, quantization: str, m: int, ef: int, wor
 
 @main.command()
 @click.argument("name", callback=_name)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a "
+              "terminal).")
 @_url_option
 @click.pass_context
 def drop(ctx: click.Context, name: str, yes: bool, url: str | None) -> None:
-    """Delete model NAME and all its versions."""
+    """Delete model NAME and all its versions (asks first on a terminal)."""
     url = _url(ctx)
     if not yes:
-        click.confirm(f"Drop model {name} from {redact(url)}?", abort=True)
+        if sys.stdin is None or not sys.stdin.isatty():
+            _fail(f"not dropping {name}: there is no terminal to confirm on; pass --yes")
+        click.confirm(f"Drop model {name} and all its versions from {redact(url)}?", abort=True,
+                      err=True)
     deleted = loader.drop(name, url=url)
-    click.echo(f"dropped {name} ({deleted} keys)")
+    click.echo(f"dropped {name} ({deleted} keys) from {redact(url)}")
 
 
 @main.command()
