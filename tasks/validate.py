@@ -12,7 +12,7 @@ tasks.errors.InvalidDocumentError: document must be a list of str tokens, got st
 >>> check_options(max_len=None, oov="drop", dtype="float32", normalize=False, max_tokens=10)
 Traceback (most recent call last):
 ...
-tasks.errors.InvalidOptionError: oov must be one of 'zero', 'skip', 'error'; got 'drop'
+tasks.errors.InvalidOptionError: oov must be one of 'zero', 'skip', 'error', 'subword'; got 'drop'
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .errors import (DocumentTooLongError, InvalidDocumentError, InvalidOptionEr
                      UnknownModelError)
 from .results import DTYPES
 
-OOV_POLICIES = ("zero", "skip", "error")
+OOV_POLICIES = ("zero", "skip", "error", "subword")  # subword: fastText .bin models only
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from vectorstore import RedisKeyedVectors
 from vectorstore.similarity import weighted_mean
 
-from .errors import OutOfVocabularyError
+from .errors import InvalidOptionError, OutOfVocabularyError
 from .validate import Options
 
 
@@ -43,11 +43,16 @@ def vectorize(kv: RedisKeyedVectors, docs: list[list[str]], opts: Options
     With ``oov="skip"`` OOV rows are left out; with ``max_len`` each matrix is
     then cut or zero-padded to ``max_len`` rows. Other policies only look up
     the first ``max_len`` tokens, so OOV positions are below ``max_len``.
+    With ``oov="subword"`` (fastText models loaded from their ``.bin``) OOV rows
+    are the mean of their n-gram vectors, as gensim's ``FastTextKeyedVectors``.
     """
     if opts.max_len is not None and opts.oov != "skip":
         docs = [d[:opts.max_len] for d in docs]
     vocab = list(dict.fromkeys(t for d in docs for t in d))
-    found = kv.lookup(vocab, oov="zero")
+    if opts.oov == "subword" and kv.subwords is None:
+        raise InvalidOptionError(f"oov='subword' needs a fastText model loaded from its .bin "
+                                 f"file (n-gram buckets); model {kv.name!r} has none")
+    found = kv.lookup(vocab, oov="subword" if opts.oov == "subword" else "zero")
     vectors = unit_rows(found.vectors) if opts.normalize else found.vectors
     absent = np.zeros(len(vocab), dtype=bool)
     absent[found.missing] = True
@@ -84,8 +89,14 @@ def mean_vector(kv: RedisKeyedVectors, tokens: list[str], weights: np.ndarray,
     Same semantics as gensim's ``KeyedVectors.get_mean_vector``: OOV tokens are
     left out (or raise if not ``ignore_missing``), each vector is unit-normed
     first if ``pre_normalize``, the sum is divided by the sum of ``|weights|``
-    of the tokens used, and all tokens OOV gives a zero vector.
+    of the tokens used, and all tokens OOV gives a zero vector. A fastText model
+    loaded from its ``.bin`` uses every token, OOV ones by their n-gram vectors
+    (gensim's ``FastTextKeyedVectors``); their positions are still returned.
     """
+    if kv.subwords is not None:
+        found = kv.lookup(tokens, oov="subword")
+        rows = unit_rows(found.vectors) if pre_normalize else found.vectors
+        return weighted_mean(rows, weights, post_normalize, kv.vector_size), found.missing
     found = kv.lookup(tokens, oov="zero")
     if found.missing and not ignore_missing:
         raise _oov_error(kv, [tokens], 0, found.missing[0])

@@ -178,6 +178,8 @@ class SimilarityMixin:
         def _fast_call(self, *args: Any) -> Any: ...
         def __getitem__(self, key_or_keys: Any) -> np.ndarray: ...
         def get_vector(self, key: Key, norm: bool = False) -> np.ndarray: ...
+        def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
+                          norm: bool) -> dict[int, np.ndarray]: ...
 
     # --- search ---------------------------------------------------------------------
 
@@ -718,6 +720,7 @@ class SimilarityMixin:
             raise ValueError("keys and weights array must have same number of elements")
         named = [k for k in keys if not isinstance(k, np.ndarray)]
         vectors, indexes, _ = self._lookup(view, named)
+        subword = self._subword_rows(view, named, indexes, pre_normalize)  # fastText OOV keys
         norms = np.linalg.norm(vectors, axis=1)
         rows: list[np.ndarray] = []
         used: list[int] = []
@@ -730,6 +733,9 @@ class SimilarityMixin:
             j = next(named_at)
             if indexes[j] >= 0:
                 rows.append(vectors[j] / norms[j] if pre_normalize else vectors[j])
+                used.append(i)
+            elif j in subword:
+                rows.append(subword[j])
                 used.append(i)
             elif not ignore_missing:
                 raise KeyError(f"Key '{key}' not present in vocabulary")

@@ -29,13 +29,15 @@ from gensim.models import KeyedVectors
 from .cache import MISSING, UNKNOWN, VectorCache
 from .codec import Codec, Meta
 from .connection import connect, redact, resolve_url
-from .errors import ModelNotFoundError, ReadOnlyError, StoreUnavailableError, VectorStoreError
+from .errors import (CorruptValueError, ModelNotFoundError, ReadOnlyError, StoreUnavailableError,
+                     VectorStoreError)
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
-from .similarity import SimilarityMixin, weighted_mean
+from .similarity import SimilarityMixin, _Stale, weighted_mean
+from .subword import NgramPlan, SubwordParams
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
-OOV_POLICIES = ("error", "zero", "skip")
+OOV_POLICIES = ("error", "zero", "skip", "subword")  # subword: fastText models, _fill_subwords
 _READ_ONLY = (
     "RedisKeyedVectors is read-only: load models into Redis with "
     "`vectorstore load PATH --name NAME` or vectorstore.loader.load(...)"
@@ -252,6 +254,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if isinstance(keys, str):
             raise TypeError("lookup() takes a list of tokens, not a str")
         keys = list(keys)
+        if oov == "subword":  # fastText: OOV rows from their n-grams (see _subword_lookup)
+            return self._subword_lookup(keys)
         out, missing = self._on_current(
             lambda view: (self._lookup_cached if view.cache.enabled else self._lookup_direct)(view, keys))
         if missing and oov == "error":
@@ -316,6 +320,9 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
     def get_vector(self, key: Union[str, int], norm: bool = False) -> np.ndarray:
         """The vector of ``key`` (a token or an index), unit-length if ``norm``."""
+        if isinstance(key, str) and self.subwords is not None:  # fastText: as gensim's
+            found = self._subword_lookup([key], norm=norm)
+            return found.vectors[0] if found.missing or not norm else _unit(found.vectors[0])
         vec = self.lookup([self._as_token(key)]).vectors[0]
         return _unit(vec) if norm else vec
 
@@ -325,6 +332,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         keys = list(key_or_keys)
         if set(map(type, keys)) - {str}:  # indexes among the tokens (rare, so not per token)
             keys = [self._as_token(k) for k in keys]
+        if self.subwords is not None:  # fastText: OOV keys from their n-grams, as gensim
+            return self._subword_lookup(keys).vectors
         return self.lookup(keys).vectors
 
     def get_index(self, key: Union[str, int], default: Optional[int] = None) -> int:
@@ -347,6 +356,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return self.get_index(key, -1) >= 0
 
     def __contains__(self, key: object) -> bool:
+        if isinstance(key, str) and self.subwords is not None:
+            return True  # fastText: every word has a vector (gensim's FastTextKeyedVectors)
         return isinstance(key, (str, int, np.integer)) and self.has_index_for(key)  # type: ignore[arg-type]
 
     def get_mean_vector(self, keys: Sequence[Any], weights: Optional[Sequence[float]] = None,
@@ -358,6 +369,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         w = np.ones(len(keys), dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
         if len(keys) != w.shape[0]:
             raise ValueError("keys and weights array must have same number of elements")
+        if self.subwords is not None:  # fastText: OOV keys count too, as gensim
+            return self._subword_mean(keys, w, pre_normalize, post_normalize)
         named = [i for i, k in enumerate(keys) if not isinstance(k, np.ndarray)]
         found = self.lookup([self._as_token(keys[i]) for i in named], oov="zero")
         if found.missing and not ignore_missing:
@@ -374,6 +387,109 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                             else vec)
                 used.append(i)
         return weighted_mean(rows, w[used], post_normalize, self.vector_size)
+
+    # --- fastText subword vectors (vectorstore.subword) ---------------------------------
+
+    @property
+    def subwords(self) -> SubwordParams | None:
+        """The n-gram parameters of a fastText model loaded from its ``.bin``, else None.
+
+        Such a model follows gensim's ``FastTextKeyedVectors``: ``kv[word]``,
+        ``get_vector``, ``get_mean_vector`` and the similarity methods give a word
+        outside the vocabulary the mean of its n-gram bucket rows, and
+        ``word in kv`` is True for every str (``kv.has_index_for(word)`` and
+        ``kv.key_to_index`` tell the vocabulary).
+        """
+        return self._subwords(self._current())
+
+    def _subwords(self, view: _Version) -> SubwordParams | None:
+        seen = self.__dict__.get("_subwords_seen")
+        if seen is None or seen[0] is not view:
+            seen = self.__dict__["_subwords_seen"] = (view, SubwordParams.from_extra(view.meta.extra))
+        return seen[1]
+
+    def _subword_lookup(self, keys: list[str], norm: bool = False) -> Lookup:
+        """``lookup(keys, oov="subword")``: OOV rows from their n-grams, one more MGET at most.
+
+        ``missing`` lists the OOV positions (filled, not left out). With ``norm``
+        the OOV rows are gensim's ``get_vector(key, norm=True)`` (the n-gram sum
+        over its norm), the others are left raw.
+        """
+        def read(view: _Version) -> tuple[np.ndarray, list[int]]:
+            params = self._subwords(view)
+            if params is None:
+                raise ValueError(
+                    f"oov='subword' needs a fastText model loaded from its .bin file (with "
+                    f"n-gram buckets); model {self.name!r} has none: use oov='zero', 'skip' "
+                    f"or 'error'")
+            out, missing = (self._lookup_cached if view.cache.enabled
+                            else self._lookup_direct)(view, keys)
+            self._fill_subwords(view, params, keys, out, missing, norm)
+            return out, missing
+        return Lookup(*self._on_current(read))
+
+    def _fill_subwords(self, view: _Version, params: SubwordParams, keys: Sequence[str],
+                       out: np.ndarray, missing: list[int], norm: bool = False) -> None:
+        """Set the rows ``missing`` of ``out`` from their tokens' n-gram rows (one MGET of
+        the buckets of all of them, deduplicated); zero rows for tokens without n-grams."""
+        if not missing:
+            return
+        tokens = list(dict.fromkeys(keys[i] for i in missing))
+        plan = NgramPlan(tokens, params)
+        rows = self._ngram_rows(view, plan.buckets)
+        vectors = plan.units(rows) if norm else plan.means(rows)
+        at = {t: j for j, t in enumerate(tokens)}
+        out[missing] = vectors[[at[keys[i]] for i in missing]]
+
+    def _ngram_rows(self, view: _Version, buckets: list[int]) -> np.ndarray:
+        """The rows of ``buckets`` in ``view``'s version, read with the alias in one MGET."""
+        if not buckets:
+            return np.zeros((0, view.codec.dim), dtype=np.float32)
+        prefix = self.keys.ngram_prefix(view.meta.version)
+        version, *values = self._fast_call("MGET", self.keys.current,
+                                           *[prefix + b"%d" % b for b in buckets])
+        if version is None or int(version) != view.meta.version:
+            raise _Moved
+        if None in values:
+            bucket = buckets[values.index(None)]
+            raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: its "
+                                    f"n-gram bucket {bucket} ({(prefix + b'%d' % bucket).decode()}) "
+                                    f"is missing: reload the model")
+        stored = view.codec.decode_indexes(values)
+        if not np.array_equal(stored, buckets):
+            bad = int(np.flatnonzero(stored != np.asarray(buckets))[0])
+            raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: the value "
+                                    f"of n-gram bucket {buckets[bad]} carries bucket "
+                                    f"{int(stored[bad])}: reload the model")
+        return view.codec.decode(values)
+
+    def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
+                      norm: bool) -> dict[int, np.ndarray]:
+        """For the similarity methods: rows of the str ``keys`` whose index is -1, from their
+        n-grams (gensim's ``get_vector(key, norm)``), by position; {} if not fastText."""
+        params = self._subwords(view)
+        at = [j for j, k in enumerate(keys) if indexes[j] < 0 and isinstance(k, str)]
+        if params is None or not at:
+            return {}
+        out = np.zeros((len(at), view.codec.dim), dtype=np.float32)
+        try:
+            self._fill_subwords(view, params, [keys[j] for j in at], out, list(range(len(at))),
+                                norm)
+        except _Moved:
+            raise _Stale() from None
+        return dict(zip(at, out))
+
+    def _subword_mean(self, keys: Sequence[Any], weights: np.ndarray, pre_normalize: bool,
+                      post_normalize: bool) -> np.ndarray:
+        """gensim's ``FastTextKeyedVectors.get_mean_vector``: every key has a vector."""
+        named = [i for i, k in enumerate(keys) if not isinstance(k, np.ndarray)]
+        found = self._subword_lookup([self._as_token(keys[i]) for i in named], norm=pre_normalize)
+        oov = {named[m] for m in found.missing}  # already as get_vector(key, pre_normalize)
+        vectors = dict(zip(named, found.vectors))
+        rows = [key if isinstance(key, np.ndarray)
+                else _unit(vectors[i]) if pre_normalize and i not in oov else vectors[i]
+                for i, key in enumerate(keys)]
+        return weighted_mean(rows, weights, post_normalize, self.vector_size)
 
     # --- what a Redis-backed model does not do -------------------------------------
 
@@ -458,7 +574,7 @@ class KeyToIndex(Mapping[str, int]):
         return self._kv.get_index(key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._kv
+        return isinstance(key, (str, int, np.integer)) and self._kv.has_index_for(key)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._kv)
