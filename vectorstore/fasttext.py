@@ -246,6 +246,9 @@ class FastTextReader(Reader):
         return np.memmap(self._file, dtype="<f4", mode="r", offset=h.matrix,
                          shape=(h.nwords + h.bucket, h.dim))
 
+    def __enter__(self) -> FastTextReader:
+        return self
+
     def locate(self, record: int) -> str:
         return f"vocabulary word {record + 1}"
 

@@ -63,6 +63,7 @@ from .index import IndexOptions, build_index, check_vector_sets, read_status, se
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
 from .lock import Lock
 from .readers import DEFAULT_BATCH, Reader, open_vectors
+from .subword import SubwordParams
 
 logger = logging.getLogger(__name__)
 
@@ -625,6 +626,18 @@ def _check_ngrams(reader: FastTextReader, rows: np.ndarray, first: int, dtype: s
                         f"{rows[row, col]} (field {col + 1}) {hint}")
 
 
+def _ngram_bytes(r: redis.Redis, keys: Keys, meta: Meta) -> int:
+    """Bytes of a fastText version's n-gram rows: a sample of their keys x their number."""
+    params = SubwordParams.from_extra(meta.extra)
+    if params is None:
+        return 0
+    with r.pipeline(transaction=False) as pipe:
+        for bucket in range(0, params.bucket, max(1, params.bucket // MEMORY_SAMPLE)):
+            pipe.memory_usage(keys.ngram(meta.version, bucket))
+        sizes = [s for s in pipe.execute() if s is not None]
+    return int(sum(sizes) / len(sizes) * params.bucket) if sizes else 0
+
+
 def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: Lock) -> None:
     """Mark ``meta``'s version ready and point the alias at it, if we still hold the lock."""
     with r.pipeline() as pipe:
@@ -737,4 +750,5 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
         sizes = pipe.execute()
     vector_sizes = [s for s in sizes[:len(sample)] if s is not None]
     per_vector = sum(vector_sizes) / len(vector_sizes) if vector_sizes else 0
-    return int(per_vector * meta.count) + sum(s or 0 for s in sizes[len(sample):])
+    return (int(per_vector * meta.count) + sum(s or 0 for s in sizes[len(sample):])
+            + _ngram_bytes(r, keys, meta))
