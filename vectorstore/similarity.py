@@ -11,7 +11,8 @@ Two modes, per store (``RedisKeyedVectors(name, exact=True)``) or per call
 
 * approximate (default): an HNSW search (``VSIM ... COUNT c EF ef``) returns
   ``c = max(2 * topn, topn + 20)`` candidates (plus the query's own keys),
-  rescored exactly. ``search_ef`` (default: Redis's 100) trades speed for recall.
+  rescored exactly. ``search_ef`` trades speed for recall; by default it grows
+  with the model (:func:`default_search_ef`: 100 up to 62k vectors, 400 at 1M).
 * exact: Redis scans the whole set (``VSIM ... TRUTH``) for the ``C`` elements
   with the best index score ``s'``. For every element, ``|s' - s| <= err``,
   where ``s`` is the cosine gensim computes and ``err = dq + (1 + dq) * qerr +
@@ -156,6 +157,18 @@ class _Rows:
                 for j in _ranked(self.indexes, scores, exclude, topn)]
 
 
+def default_search_ef(count: int) -> int:
+    """HNSW search breadth for a vector set of ``count`` elements: ``0.4 * sqrt(count)``
+    within 100..800. Measured on 1M clustered 300-d vectors with a q8 index (200
+    queries, recall@10 against gensim): EF 100 gave 0.970 at 3.2 ms p50, EF 200
+    0.985 at 3.1 ms, EF 400 1.000 at 3.1 ms, EF 800 1.000 at 6.1 ms.
+
+    >>> default_search_ef(10_000), default_search_ef(1_000_000), default_search_ef(3_000_000)
+    (100, 400, 693)
+    """
+    return int(min(800, max(100, round(0.4 * count ** 0.5))))
+
+
 class SimilarityMixin:
     """gensim's similarity API for :class:`~vectorstore.store.RedisKeyedVectors`.
 
@@ -163,7 +176,7 @@ class SimilarityMixin:
     and its lookups; see the module documentation for modes, guarantees and costs.
     """
 
-    #: approximate mode's ``VSIM ... EF`` (None: Redis's default, 100).
+    #: approximate mode's ``VSIM ... EF`` (None: :func:`default_search_ef` of the model's size).
     search_ef: Optional[int] = None
 
     if TYPE_CHECKING:  # provided by RedisKeyedVectors
@@ -573,8 +586,8 @@ class SimilarityMixin:
                            "WITHSCORES", "COUNT", count]
         if truth:
             args.append("TRUTH")
-        elif self.search_ef:
-            args += ["EF", self.search_ef]
+        else:
+            args += ["EF", self.search_ef or default_search_ef(view.meta.count)]
         if epsilon is not None:
             args += ["EPSILON", repr(epsilon)]
         filtered = lo > 0 or hi < view.meta.count
