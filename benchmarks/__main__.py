@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python -m benchmarks --full             # the sizes: ~80 minutes on 2 cores,
                                                       # ~60 of them building 1M-vector indexes
     .venv/bin/python -m benchmarks --full --similarity-sizes 100000   # ~25 minutes
+    .venv/bin/python -m benchmarks --full --only similarity --quantizations q8 --update
     .venv/bin/python -m benchmarks --smoke --out /tmp/b   # seconds, for the test suite
     .venv/bin/python -m benchmarks --quick --only latency,memory
     .venv/bin/python -m benchmarks --full --only batch --update   # redo one figure
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(to redo some figures of a long full run)")
     ap.add_argument("--similarity-sizes", default=None,
                     help="comma-separated index sizes for figure 4, e.g. 100000,1000000")
+    ap.add_argument("--quantizations", default=None,
+                    help="comma-separated index quantizations for figure 4 (default q8,noquant,bin)")
     args = ap.parse_args(argv)
     args.only = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(args.only) - set(FIGURES))
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = HERE if args.mode == "full" else HERE / "out"
     if args.similarity_sizes:
         args.similarity_sizes = tuple(int(s) for s in args.similarity_sizes.split(","))
+    if args.quantizations:
+        args.quantizations = tuple(q.strip() for q in args.quantizations.split(","))
     return args
 
 
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with EmbeddedRedis() as server:
         version = redis.Redis.from_url(server.url).info("server")["redis_version"]
         report = Report(args.out, args.mode, redis_version=version)
-        ctx = Context(profile(args.mode, args.similarity_sizes), args.data, server.url, report)
+        ctx = Context(profile(args.mode, args.similarity_sizes, args.quantizations), args.data, server.url, report)
         for name in args.only:
             t0 = time.perf_counter()
             print(f"[benchmarks] {name} ...", flush=True)

@@ -46,6 +46,8 @@ class Profile:
     # 6. batch tasks
     batch_docs: int
     batch_sizes: tuple[int, ...] = field(default=(1, 2, 5, 10, 20, 50))
+    similarity_quantizations: tuple[str, ...] = field(default=("q8", "noquant", "bin"))
+    similarity_efs: tuple[int, ...] = field(default=(100, 200, 400, 800))  # search EF trade-off
 
 
 PROFILES = {
@@ -72,10 +74,13 @@ PROFILES = {
 }
 
 
-def profile(name: str, similarity_sizes: tuple[int, ...] | None = None) -> Profile:
-    """The profile ``name``, optionally with other similarity index sizes."""
+def profile(name: str, similarity_sizes: tuple[int, ...] | None = None,
+            quantizations: tuple[str, ...] | None = None) -> Profile:
+    """The profile ``name``, optionally with other similarity index sizes and quantizations."""
     p = PROFILES[name]
-    return replace(p, similarity_sizes=similarity_sizes) if similarity_sizes else p
+    if similarity_sizes:
+        p = replace(p, similarity_sizes=similarity_sizes)
+    return replace(p, similarity_quantizations=quantizations) if quantizations else p
 
 
 @dataclass

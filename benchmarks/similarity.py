@@ -15,7 +15,8 @@ from collections.abc import Callable
 import numpy as np
 
 from vectorstore import RedisKeyedVectors
-from vectorstore.index import QUANTIZATIONS, build_index, index_memory
+from vectorstore.index import DEFAULT_QUANTIZATION, build_index, index_memory
+from vectorstore.similarity import default_search_ef
 
 from .config import Context
 from .measure import Stopwatch, pct
@@ -26,12 +27,12 @@ GENSIM = "gensim exact"
 
 
 def queries_for(queries: int, n: int) -> int:
-    """Fewer queries above 100k vectors (exact scans grow with n), at least 30.
+    """Fewer queries above 100k vectors (exact scans grow with n), at least 100.
 
     >>> queries_for(300, 100_000), queries_for(300, 1_000_000)
-    (300, 30)
+    (300, 100)
     """
-    return min(queries, max(30, queries * 100_000 // n))
+    return min(queries, max(100, queries * 100_000 // n))
 
 
 def _query(fn: Callable, token: str) -> tuple[float, list[str]]:
@@ -43,7 +44,10 @@ def _query(fn: Callable, token: str) -> tuple[float, list[str]]:
 def run(ctx: Context) -> None:
     p = ctx.profile
     sec = ctx.report.section("4. Similarity search")
+    quantizations = p.similarity_quantizations
     rows, curves = [], {}
+    tradeoff: list[list[object]] = []
+    default_recall: dict[int, tuple[float, float]] = {}  # size -> (p50 s, recall) of the defaults
     for n in p.similarity_sizes:
         ctx.flush()
         m = ctx.model(n)
@@ -54,7 +58,7 @@ def run(ctx: Context) -> None:
         queries = [m.tokens[i] for i in picks]
         truth_kv.most_similar(queries[0], topn=TOPN)  # fills gensim's norms, untimed
         gensim_times: list[float] = []
-        for quant in QUANTIZATIONS:
+        for quant in quantizations:
             with Stopwatch() as build:
                 build_index(m.name, url=ctx.redis_url, quantization=quant, force=True,
                             progress=False)
@@ -84,6 +88,9 @@ def run(ctx: Context) -> None:
                         + [f"{np.mean(hits['approximate']):.3f}", f"{np.mean(hits['exact']):.3f}"])
             curves[(n, quant)] = (pct(times["approximate"], 50), float(np.mean(hits["approximate"])),
                                   pct(times["exact"], 50))
+            if quant == DEFAULT_QUANTIZATION:
+                default_recall[n] = curves[(n, quant)][:2]
+                tradeoff += _ef_tradeoff(ctx, m.name, n, queries, found[GENSIM], p.similarity_efs)
         rows.append([f"{n:,}", f"{GENSIM} (all queries)", "-", f"{4 * p.dim}",
                      f"{pct(gensim_times, 50) * 1e3:.3g} / {pct(gensim_times, 95) * 1e3:.3g} "
                      f"(1.00x)", "-", "1.000", "-"])
@@ -105,12 +112,12 @@ def run(ctx: Context) -> None:
 
     fig, axes = figure(ncols=2)
     for n in p.similarity_sizes:
-        for quant in list(QUANTIZATIONS) + [GENSIM]:
+        for quant in list(quantizations) + [GENSIM]:
             t50, recall, e50 = curves[(n, quant)]
             axes[0][0].scatter(t50 * 1e3, recall, label=f"{quant} {n:,}",
                                marker="o" if quant != GENSIM else "*")
-        axes[0][1].plot(list(QUANTIZATIONS) + [GENSIM],
-                        [curves[(n, q)][2] * 1e3 for q in list(QUANTIZATIONS) + [GENSIM]],
+        axes[0][1].plot(list(quantizations) + [GENSIM],
+                        [curves[(n, q)][2] * 1e3 for q in list(quantizations) + [GENSIM]],
                         marker="o", label=f"{n:,} vectors")
     axes[0][0].set(xscale="log", xlabel="approximate p50 ms", ylabel="recall@10",
                    title="approximate mode: latency vs recall")
@@ -118,3 +125,34 @@ def run(ctx: Context) -> None:
     axes[0][0].legend(fontsize=6)
     axes[0][1].legend(fontsize=7)
     sec.plot(fig, "fig4_similarity", "similarity latency and recall")
+
+    if tradeoff:
+        sec.text(f"Search breadth against recall on the default `{DEFAULT_QUANTIZATION}` index "
+                 "(same queries; `kv.search_ef`; the default grows with the model: "
+                 "`default_search_ef(n)` = 0.4 sqrt(n) within 100..800). Cells: p50 / p95 ms, "
+                 "recall@10 against gensim.")
+        sec.table(["vectors", "search EF", "approximate ms", "recall@10"], tradeoff)
+    for n, (t50, recall) in default_recall.items():
+        sec.goal(f"{n:,} vectors, default index and search: recall@10 >= 0.95 with p50 <= 5 ms",
+                 recall >= 0.95 and t50 <= 0.005, f"recall {recall:.3f}, p50 {t50 * 1e3:.2f} ms")
+
+
+def _ef_tradeoff(ctx: Context, name: str, n: int, queries: list[str], truth: list[list[str]],
+                 efs: tuple[int, ...]) -> list[list[object]]:
+    """Rows of (size, EF, p50 / p95 ms, recall@10) for each search EF, round-robin per query."""
+    stores = {ef: RedisKeyedVectors(name, url=ctx.redis_url, cache_bytes=0) for ef in efs}
+    for ef, kv in stores.items():
+        kv.search_ef = ef
+        kv.most_similar(queries[0], topn=TOPN)  # connections, untimed
+    times: dict[int, list[float]] = {ef: [] for ef in efs}
+    hits: dict[int, list[float]] = {ef: [] for ef in efs}
+    order = list(efs)
+    for i, (q, expected) in enumerate(zip(queries, truth)):
+        for ef in order[i % len(order):] + order[:i % len(order)]:
+            dt, got = _query(stores[ef].most_similar, q)
+            times[ef].append(dt)
+            hits[ef].append(len(set(got) & set(expected)) / TOPN)
+    default = default_search_ef(n)
+    return [[f"{n:,}", f"{ef}" + (" (default)" if ef == default else ""),
+             f"{pct(times[ef], 50) * 1e3:.3g} / {pct(times[ef], 95) * 1e3:.3g}",
+             f"{np.mean(hits[ef]):.3f}"] for ef in efs]
