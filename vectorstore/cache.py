@@ -16,7 +16,7 @@ too (bounded separately), so repeated out-of-vocabulary words cost nothing.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

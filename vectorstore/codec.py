@@ -14,8 +14,9 @@ code: values are decoded with :func:`numpy.frombuffer` after a length check.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +54,14 @@ class Codec:
         blob, size = rec.tobytes(), self.size
         return [blob[i * size:(i + 1) * size] for i in range(n)]
 
-    def _records(self, values: Sequence[bytes]) -> np.ndarray:
+    def bad_lengths(self, values: Sequence[bytes]) -> list[int]:
+        """Positions of the values whose length is not :attr:`size`."""
+        return [i for i, v in enumerate(values) if len(v) != self.size]
+
+    def records(self, values: Sequence[bytes]) -> np.ndarray:
+        """Stored values as a structured array (fields ``v``: vector, ``i``: index)."""
         if values and set(map(len, values)) != {self.size}:
-            bad = next(len(v) for v in values if len(v) != self.size)
+            bad = len(values[self.bad_lengths(values)[0]])
             raise CorruptValueError(
                 f"stored vector has {bad} bytes, expected {self.size} "
                 f"({self.dim} x {self.dtype} + 4-byte index)"
@@ -64,11 +70,29 @@ class Codec:
 
     def decode(self, values: Sequence[bytes]) -> np.ndarray:
         """A float32 matrix (len(values) x dim) from stored values."""
-        return self._records(values)["v"].astype(np.float32).reshape(len(values), self.dim)
+        return self.records(values)["v"].astype(np.float32).reshape(len(values), self.dim)
 
     def decode_indexes(self, values: Sequence[bytes]) -> np.ndarray:
         """The token indexes stored with ``values``."""
-        return self._records(values)["i"].astype(np.int64)
+        return self.records(values)["i"].astype(np.int64)
+
+
+def alias_version(raw: bytes | str | None, key: str) -> int | None:
+    """The version number a model's alias (``key``) holds, None if it holds nothing.
+
+    >>> alias_version(b"12", "vs:news#current")
+    12
+    >>> alias_version(b"abc", "vs:news#current")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    vectorstore.errors.CorruptValueError: the alias vs:news#current holds 'abc', not a ...
+    """
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise CorruptValueError(f"the alias {key} holds {text[:40]!r}, not a version number: "
+                                f"reload or drop the model")
+    return int(text)
 
 
 @dataclass
@@ -96,11 +120,11 @@ class Meta:
         return out
 
     @classmethod
-    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> "Meta":
+    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> Meta:
         d = {(k.decode() if isinstance(k, bytes) else k):
              (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
         try:
-            known = {k: d.pop(k) for k in
+            known: dict[str, Any] = {k: d.pop(k) for k in
                      ("version", "dim", "dtype", "count", "source", "checksum",
                       "created_at", "layout", "state") if k in d}
             for k in cls._INTS:

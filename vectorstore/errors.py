@@ -11,11 +11,20 @@ class ModelNotFoundError(VectorStoreError, LookupError):
 
 
 class CorruptValueError(VectorStoreError):
-    """A value read from Redis does not have the expected length or fields."""
+    """A value read from Redis is not what the model stored: wrong length or type, a
+    non-finite float, an index that disagrees, an alias that holds no version number."""
 
 
 class ReadOnlyError(VectorStoreError, NotImplementedError):
     """A writing method was called on a Redis-backed, read-only model."""
+
+
+class NotInMemoryError(VectorStoreError, AttributeError):
+    """An in-memory matrix (``kv.vectors``, ``kv.norms``) was asked of a Redis-backed model.
+
+    An AttributeError too, so ``hasattr(kv, "vectors")`` is False and
+    ``getattr(kv, "norms", None)`` is None, as library code probing a model expects.
+    """
 
 
 class StoreUnavailableError(VectorStoreError, ConnectionError):

@@ -14,12 +14,13 @@ metadata and a bounded cache of hot vectors. A batch of tokens is one MGET.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence,
-                    TypeVar, Union)
+from typing import Any, NamedTuple, TypeVar, cast
 
 import hiredis
 import numpy as np
@@ -27,10 +28,16 @@ import redis
 from gensim.models import KeyedVectors
 
 from .cache import MISSING, UNKNOWN, VectorCache
-from .codec import Codec, Meta
+from .codec import Codec, Meta, alias_version
 from .connection import connect, redact, resolve_url
-from .errors import (CorruptValueError, ModelNotFoundError, ReadOnlyError, StoreUnavailableError,
-                     VectorStoreError)
+from .errors import (
+    CorruptValueError,
+    ModelNotFoundError,
+    NotInMemoryError,
+    ReadOnlyError,
+    StoreUnavailableError,
+    VectorStoreError,
+)
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .similarity import SimilarityMixin, _Stale, weighted_mean
 from .subword import NgramPlan, SubwordParams
@@ -41,6 +48,11 @@ OOV_POLICIES = ("error", "zero", "skip", "subword")  # subword: fastText models,
 _READ_ONLY = (
     "RedisKeyedVectors is read-only: load models into Redis with "
     "`vectorstore load PATH --name NAME` or vectorstore.loader.load(...)"
+)
+_NOT_IN_MEMORY = (
+    "RedisKeyedVectors keeps vectors in Redis, not in memory: use kv[tokens], "
+    "kv.lookup(tokens), kv.get_vector(key, norm=True), kv.vectors_for_all(keys) "
+    "or the similarity methods"
 )
 
 
@@ -68,7 +80,8 @@ class _Version:
     codec: Codec
     prefix: bytes
     cache: VectorCache
-    index_to_key: "IndexToKey"
+    index_to_key: IndexToKey
+    alias: bytes  # the alias's value while it points to this version
 
 
 def _unit(vec: np.ndarray) -> np.ndarray:
@@ -94,10 +107,20 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
     Nothing is fetched until first use, and each process opens its own
     connection, so an instance created before a fork (Celery prefork) is safe.
+    An instance pickles by reference (name, URL, options; see :meth:`__reduce__`),
+    so multiprocessing, concurrent.futures, joblib, Dask or Ray can ship it.
+
+    Differences from gensim's in-memory ``KeyedVectors``: ``kv.vectors`` and
+    ``kv.norms`` raise :class:`~vectorstore.errors.NotInMemoryError` (an
+    AttributeError: ``hasattr(kv, "vectors")`` is False), and so do
+    ``get_normed_vectors``, ``fill_norms`` and ``init_sims``; writing methods
+    raise ReadOnlyError; ``get_vecattr`` knows only ``"count"``; ``kv[[]]``
+    returns an empty ``(0, vector_size)`` matrix where gensim raises
+    ValueError (so a batch of empty documents needs no special case).
     """
 
-    def __init__(self, name: str, url: Optional[str] = None, client: Optional[redis.Redis] = None,
-                 *, prefix: str = DEFAULT_PREFIX, cache_bytes: Optional[int] = None,
+    def __init__(self, name: str, url: str | None = None, client: redis.Redis | None = None,
+                 *, prefix: str = DEFAULT_PREFIX, cache_bytes: int | None = None,
                  refresh: float = 1.0, exact: bool = False) -> None:
         self.keys = Keys(name, prefix)
         self.name = name
@@ -106,10 +129,10 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         self.refresh = refresh
         self.exact = exact
         self._given_client = client
-        self._client: Optional[redis.Redis] = client
+        self._client: redis.Redis | None = client
         self._pid = os.getpid()
         self._local = threading.local()
-        self._view: Optional[_Version] = None
+        self._view: _Version | None = None
         self._checked = -float("inf")
 
     def __repr__(self) -> str:
@@ -119,7 +142,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     # --- connection and version -------------------------------------------------
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis:  # type: ignore[override]  # the mixin declares an attribute
         """This process's client (re-created after a fork when built from a URL)."""
         if self._client is None or (self._pid != os.getpid() and self._given_client is None):
             self._client = connect(self.url)
@@ -144,7 +167,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            conn = local.conn = self.redis.connection_pool.make_connection()
+            conn = local.conn = cast(redis.Connection, self.redis.connection_pool.make_connection())
             local.pid = os.getpid()
         packed = [hiredis.pack_command(args)]
 
@@ -165,28 +188,43 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         assert self._view is not None
         return self._view
 
-    def _sync(self) -> None:
-        """Re-read the alias; switch to a new version if it moved."""
+    def _sync(self) -> bool:
+        """Re-read the alias; switch to a new version if it moved (then return True)."""
         for _ in range(3):
-            version = self._call("GET", self.keys.current)
+            version = alias_version(self._read("GET", self.keys.current), self.keys.current)
             if version is None:
                 raise ModelNotFoundError(
                     f"no model named {self.name!r} under prefix {self.keys.prefix!r}: "
                     f"load it with `vectorstore load PATH --name {self.name}`"
                 )
-            version = int(version)
             self._checked = time.monotonic()
             if self._view is not None and self._view.meta.version == version:
-                return
-            raw = self._call("HGETALL", self.keys.meta(version))
+                return False
+            key = self.keys.meta(version)
+            raw = self._read("HGETALL", key)
             if raw:
-                meta = Meta.from_hash(dict(zip(raw[::2], raw[1::2])) if isinstance(raw, list) else raw)
+                try:
+                    meta = Meta.from_hash(dict(zip(raw[::2], raw[1::2])) if isinstance(raw, list)
+                                          else raw)
+                except CorruptValueError as exc:
+                    raise CorruptValueError(f"model {self.name!r}: {key}: {exc}") from None
                 self._view = _Version(
                     meta=meta, codec=meta.codec(), prefix=self.keys.token_prefix(version),
                     cache=VectorCache(meta.dim, self.cache_bytes),
-                    index_to_key=IndexToKey(self, version, meta.count))
-                return
+                    index_to_key=IndexToKey(self, version, meta.count), alias=b"%d" % version)
+                return True
         raise VectorStoreError(f"model {self.name!r}: version metadata vanished while reading it")
+
+    def _read(self, command: str, key: str) -> Any:
+        """``command key`` (GET, HGETALL); a key of the wrong type is a CorruptValueError."""
+        try:
+            return self._call(command, key)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise CorruptValueError(f"model {self.name!r}: {key} is not a "
+                                        f"{'string' if command == 'GET' else 'hash'} "
+                                        f"({exc}): reload or drop the model") from None
+            raise
 
     @property
     def meta(self) -> Meta:
@@ -198,25 +236,25 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return self._current().meta.version
 
     @property
-    def vector_size(self) -> int:  # type: ignore[override]
+    def vector_size(self) -> int:
         return self._current().meta.dim
 
     def __len__(self) -> int:
         return self._current().meta.count
 
     @property
-    def index_to_key(self) -> "IndexToKey":  # type: ignore[override]
+    def index_to_key(self) -> IndexToKey:
         """Lazy sequence of tokens in index order; fetches 1024-token chunks on demand."""
         return self._current().index_to_key
 
     @property
-    def key_to_index(self) -> "KeyToIndex":  # type: ignore[override]
+    def key_to_index(self) -> KeyToIndex:
         """Lazy mapping token -> index, like gensim's dict."""
         return KeyToIndex(self)
 
     # --- lookups ----------------------------------------------------------------
 
-    def _mget(self, view: _Version, tokens: Sequence[str]) -> list[Optional[bytes]]:
+    def _mget(self, view: _Version, tokens: Sequence[str]) -> list[bytes | None]:
         """Values of ``tokens`` in ``view``'s version, read with the alias in one MGET.
 
         Raises _Moved if the alias no longer points to ``view``: then the values
@@ -229,7 +267,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
         version, *values = self._fast_call("MGET", self.keys.current, *names)
-        if version is None or int(version) != view.meta.version:
+        if version != view.alias:
             raise _Moved
         return values
 
@@ -264,15 +302,50 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             out = np.delete(out, missing, axis=0)
         return Lookup(out, missing)
 
+    def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes]) -> np.ndarray:
+        """float32 vectors of ``tokens`` from their stored ``values``, checked on the way.
+
+        A value of the wrong length, holding a NaN or an infinity, or whose
+        stored index is out of the model's range raises CorruptValueError
+        naming the tokens (about 7 us per 100 x 300 values; what a reader
+        cannot see, e.g. a token's value overwritten by another token's, is
+        for ``vectorstore verify``).
+        """
+        codec = view.codec
+        try:
+            rec = codec.records(values)
+        except CorruptValueError:
+            bad = codec.bad_lengths(values)
+            raise self._corrupt(view, [tokens[i] for i in bad],
+                                f"{len(values[bad[0]])} bytes instead of {codec.size} "
+                                f"({codec.dim} x {codec.dtype} + 4-byte index)") from None
+        out = rec["v"].astype(np.float32)
+        if len(values) and int(rec["i"].max()) >= view.meta.count:
+            bad = np.flatnonzero(rec["i"] >= view.meta.count).tolist()
+            raise self._corrupt(view, [tokens[i] for i in bad],
+                                f"index {int(rec['i'][bad[0]])} (the model has {view.meta.count})")
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist()
+            raise self._corrupt(view, [tokens[i] for i in bad], "NaN or infinite floats")
+        return out
+
+    def _corrupt(self, view: _Version, tokens: Sequence[str], what: str) -> CorruptValueError:
+        shown = ", ".join(map(repr, tokens[:5])) + (f" and {len(tokens) - 5} more"
+                                                    if len(tokens) > 5 else "")
+        return CorruptValueError(
+            f"model {self.name!r} version {view.meta.version}: the stored value of token(s) "
+            f"{shown} holds {what}: run `vectorstore verify {self.name}` and reload the model")
+
     def _lookup_direct(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
         values = self._mget(view, keys)
         if None not in values:
-            return view.codec.decode(values), []
+            return self._decode(view, keys, cast("list[bytes]", values)), []
         missing = [i for i, v in enumerate(values) if v is None]
         out = np.zeros((len(keys), view.codec.dim), dtype=np.float32)
         found = [i for i, v in enumerate(values) if v is not None]
         if found:
-            out[found] = view.codec.decode([values[i] for i in found])
+            out[found] = self._decode(view, [keys[i] for i in found],
+                                      [v for v in values if v is not None])
         return out, missing
 
     def _lookup_cached(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
@@ -288,7 +361,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         wanted = list(dict.fromkeys(keys[i] for i in unknown))
         values = self._mget(view, wanted) if wanted else []
         found = [t for t, v in zip(wanted, values) if v is not None]
-        fetched = view.codec.decode([v for v in values if v is not None])
+        fetched = self._decode(view, found, [v for v in values if v is not None])
         at = {t: j for j, t in enumerate(found)}
         missing = np.flatnonzero(rows == MISSING).tolist()
         pos, src = [], []
@@ -311,14 +384,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         """Stacked vectors of ``keys``; see :meth:`lookup` for ``oov``."""
         return self.lookup(keys, oov).vectors
 
-    def _as_token(self, key: Union[str, int, np.integer]) -> str:
+    def _as_token(self, key: str | int | np.integer) -> str:
         if isinstance(key, str):
             return key
         if isinstance(key, (int, np.integer)):
             return self.index_to_key[int(key)]
         raise TypeError(f"keys must be str or int, got {type(key).__name__} {key!r}")
 
-    def get_vector(self, key: Union[str, int], norm: bool = False) -> np.ndarray:
+    def get_vector(self, key: str | int | np.integer, norm: bool = False) -> np.ndarray:
         """The vector of ``key`` (a token or an index), unit-length if ``norm``."""
         if isinstance(key, str) and self.subwords is not None:  # fastText: as gensim's
             found = self._subword_lookup([key], norm=norm)
@@ -336,7 +409,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return self._subword_lookup(keys).vectors
         return self.lookup(keys).vectors
 
-    def get_index(self, key: Union[str, int], default: Optional[int] = None) -> int:
+    def get_index(self, key: str | int, default: int | None = None) -> int:
         """Index of ``key``; ``default`` (or KeyError) if absent, like gensim."""
         if isinstance(key, (int, np.integer)) and 0 <= key < len(self):
             return int(key)
@@ -348,11 +421,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return default
         raise KeyError(f"Key '{key}' not present")
 
-    def _index_of(self, view: _Version, key: str) -> Optional[int]:
+    def _index_of(self, view: _Version, key: str) -> int | None:
         value = self._mget(view, [key])[0]
-        return None if value is None else int(view.codec.decode_indexes([value])[0])
+        if value is None:
+            return None
+        self._decode(view, [key], [value])
+        return int(view.codec.decode_indexes([value])[0])
 
-    def has_index_for(self, key: Union[str, int]) -> bool:
+    def has_index_for(self, key: str | int) -> bool:
         return self.get_index(key, -1) >= 0
 
     def __contains__(self, key: object) -> bool:
@@ -360,7 +436,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return True  # fastText: every word has a vector (gensim's FastTextKeyedVectors)
         return isinstance(key, (str, int, np.integer)) and self.has_index_for(key)  # type: ignore[arg-type]
 
-    def get_mean_vector(self, keys: Sequence[Any], weights: Optional[Sequence[float]] = None,
+    def get_mean_vector(self, keys: Sequence[Any], weights: Sequence[float] | None = None,
                         pre_normalize: bool = True, post_normalize: bool = False,
                         ignore_missing: bool = True) -> np.ndarray:
         """Weighted mean of the vectors of ``keys`` (tokens, indexes or arrays), as gensim."""
@@ -448,7 +524,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         prefix = self.keys.ngram_prefix(view.meta.version)
         version, *values = self._fast_call("MGET", self.keys.current,
                                            *[prefix + b"%d" % b for b in buckets])
-        if version is None or int(version) != view.meta.version:
+        if version != view.alias:
             raise _Moved
         if None in values:
             bucket = buckets[values.index(None)]
@@ -491,30 +567,156 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                 for i, key in enumerate(keys)]
         return weighted_mean(rows, weights, post_normalize, self.vector_size)
 
+    # --- gensim's other read-only methods -----------------------------------------
+
+    def get_vecattr(self, key: str | int, attr: str) -> int:
+        """gensim's per-key attribute; only ``"count"`` is known to a Redis-backed model.
+
+        ``count`` is ``len(kv) - index``, what gensim's ``load_word2vec_format``
+        sets when it reads a file without a vocabulary file (model files list
+        tokens by descending frequency, so it orders keys as their counts would).
+
+        >>> kv.get_vecattr("the", "count") == len(kv) - kv.get_index("the")   # doctest: +SKIP
+        True
+
+        Raises KeyError for a key not in the model or another attribute.
+        """
+        if attr != "count":
+            raise KeyError(f"model {self.name!r} has no per-key attribute {attr!r}: a "
+                           f"Redis-backed model knows only 'count' (len(kv) - index)")
+        return len(self) - self.get_index(key)
+
+    def vectors_for_all(self, keys: Iterable[Any], allow_inference: bool = True,
+                        copy_vecattrs: bool = False) -> KeyedVectors:
+        """A new in-memory gensim ``KeyedVectors`` of the ``keys`` present (one MGET), as gensim.
+
+        Keys are deduplicated, kept in their first order, and the absent ones
+        left out; each gets ``count`` = (number of keys) - (its new index), or
+        with ``copy_vecattrs`` its count in this model. ``allow_inference``:
+        on a fastText model (:attr:`subwords`), keys outside the vocabulary get
+        their n-gram vectors, as gensim's ``FastTextKeyedVectors``.
+
+        >>> small = kv.vectors_for_all(["car", "qwxz", "car", "red"])   # doctest: +SKIP
+        >>> small.index_to_key, small.vectors.shape                     # doctest: +SKIP
+        (['car', 'red'], (2, 300))
+        """
+        unique = list(dict.fromkeys(keys))
+        if allow_inference:  # gensim: 'key in kv', which an index is; else 'in key_to_index'
+            tokens = [self._as_token(k) if isinstance(k, (int, np.integer)) and 0 <= k < len(self)
+                      else k for k in unique]
+        else:
+            tokens = unique
+        if any(not isinstance(t, str) for t in tokens):  # gensim: such keys are never 'in'
+            kept = [i for i, t in enumerate(tokens) if isinstance(t, str)]
+            unique, tokens = [unique[i] for i in kept], [tokens[i] for i in kept]
+        infer = allow_inference and bool(tokens) and self.subwords is not None
+
+        def read(view: _Version) -> tuple[np.ndarray, np.ndarray]:
+            values = self._mget(view, tokens) if tokens else []
+            vectors = np.zeros((len(tokens), view.codec.dim), dtype=np.float32)
+            indexes = np.full(len(tokens), -1, dtype=np.int64)
+            found = [i for i, v in enumerate(values) if v is not None]
+            if found:
+                present = [v for v in values if v is not None]
+                vectors[found] = self._decode(view, [tokens[i] for i in found], present)
+                indexes[found] = view.codec.decode_indexes(present)
+            if infer:
+                params = self._subwords(view)
+                assert params is not None
+                self._fill_subwords(view, params, tokens, vectors,
+                                    np.flatnonzero(indexes < 0).tolist())
+            return vectors, indexes
+
+        vectors, indexes = self._on_current(read)
+        keep = np.arange(len(tokens)) if infer else np.flatnonzero(indexes >= 0)
+        vocab = [unique[i] for i in keep.tolist()]
+        out = KeyedVectors(self.vector_size, len(vocab), dtype=np.float32)
+        out.index_to_key = vocab
+        out.key_to_index = {k: i for i, k in enumerate(vocab)}
+        out.vectors = np.ascontiguousarray(vectors[keep])
+        out.next_index = len(vocab)
+        if vocab:  # gensim sets counts key by key, so an empty result has none
+            counts = np.arange(len(vocab), 0, -1, dtype=np.int64)
+            if copy_vecattrs:  # gensim copies the counts of the keys that have one
+                own = indexes[keep] >= 0
+                counts[own] = len(self) - indexes[keep][own]
+            out.expandos["count"] = counts
+        return out
+
+    # --- pickling and closing -----------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by reference: name, URL and options, never vectors, cache or connection.
+
+        So ``multiprocessing``, ``concurrent.futures``, joblib, Dask or Ray can
+        ship a handle to their workers, which connect on first use. A handle
+        built with ``client=`` cannot be pickled (a client is bound to its
+        process): build it with ``url=`` instead.
+        """
+        if self.url is None:
+            raise pickle.PicklingError(
+                f"{self!r} was built with client=, which cannot be pickled (its connections "
+                f"belong to this process): build it with url= to send it to other processes")
+        return _rebuild, (type(self), self.name, self.url, self._options())
+
+    def _options(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this handle (with its name and URL)."""
+        options: dict[str, Any] = dict(prefix=self.keys.prefix, cache_bytes=self.cache_bytes,
+                                       refresh=self.refresh, exact=self.exact)
+        if "search_ef" in self.__dict__:
+            options["search_ef"] = self.search_ef
+        return options
+
+    def close(self) -> None:
+        """Close this process's connections; the next use opens new ones.
+
+        Call it before forking when the parent used the handle (e.g. to
+        :meth:`prewarm`), so no child shares the parent's sockets.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.disconnect()
+            self._local.conn = None
+        if self._client is not None and self._given_client is None:
+            self._client.close()
+            self._client = None
+
     # --- what a Redis-backed model does not do -------------------------------------
 
     @property
-    def vectors(self) -> np.ndarray:  # type: ignore[override]
-        raise VectorStoreError(
-            "RedisKeyedVectors keeps vectors in Redis, not in memory: use kv[tokens], "
-            "kv.lookup(tokens) or the similarity methods"
-        )
+    def vectors(self) -> np.ndarray:
+        raise NotInMemoryError(_NOT_IN_MEMORY)
 
     norms = vectors
+
+    def _not_in_memory(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotInMemoryError(_NOT_IN_MEMORY)
+
+    fill_norms = get_normed_vectors = init_sims = _not_in_memory
 
     def _read_only(self, *args: Any, **kwargs: Any) -> Any:
         raise ReadOnlyError(_READ_ONLY)
 
     add_vector = add_vectors = __setitem__ = _read_only
-    save = save_word2vec_format = fill_norms = resize_vectors = _read_only
-    unit_normalize_all = vectors_for_all = intersect_word2vec_format = _read_only
+    save = save_word2vec_format = resize_vectors = _read_only
+    unit_normalize_all = intersect_word2vec_format = _read_only
     sort_by_descending_frequency = set_vecattr = allocate_vecattrs = _read_only
 
     @classmethod
-    def load(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def load(cls, *args: Any, **kwargs: Any) -> Any:
         raise ReadOnlyError(_READ_ONLY)
 
     load_word2vec_format = load
+
+
+def _rebuild(cls: type[RedisKeyedVectors], name: str, url: str,
+             options: dict[str, Any]) -> RedisKeyedVectors:
+    """Unpickle a handle: a new, unconnected one with the same settings."""
+    search_ef = options.pop("search_ef", None)
+    kv = cls(name, url, **options)
+    if search_ef is not None:
+        kv.search_ef = search_ef
+    return kv
 
 
 class IndexToKey(Sequence[str]):
@@ -542,7 +744,7 @@ class IndexToKey(Sequence[str]):
             )
         return [r.decode("utf-8").split("\n") for r in raw]
 
-    def __getitem__(self, i: Union[int, slice]) -> Any:
+    def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             idx = range(*i.indices(self._count))
             if not idx:
@@ -556,6 +758,17 @@ class IndexToKey(Sequence[str]):
         if not 0 <= i < self._count:
             raise IndexError(f"index {i} out of range for a model of {self._count} keys")
         return self._chunk(i // I2K_CHUNK)[i % I2K_CHUNK]
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same tokens in the same order (a list, as gensim's)."""
+        if isinstance(other, IndexToKey) and (other._kv.keys, other._version) == (
+                self._kv.keys, self._version):
+            return True
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(other) == self._count and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, like a list
 
     def __iter__(self) -> Iterator[str]:
         total = -(-self._count // I2K_CHUNK)
