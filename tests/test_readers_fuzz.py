@@ -32,6 +32,7 @@ from gensim.models import KeyedVectors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vectorstore import readers
 from vectorstore.errors import LoadError
 from vectorstore.keys import I2K_CHUNK, Keys
 from vectorstore.loader import load
@@ -40,7 +41,7 @@ from vectorstore.server import EmbeddedRedis
 
 # CI runs a fixed set of examples; VECTORSTORE_FUZZ_EXAMPLES=5000 searches further, at random
 EXAMPLES = int(os.environ.get("VECTORSTORE_FUZZ_EXAMPLES", "100"))
-TOKENS = ["the", "a:b", "héllo", "日本", "{x}", "w#1", "tab\tin", "last"]
+TOKENS = ["the", "a:b", "héllo", "日本", "{x}", "w#1", "a\u00a0b", "last"]
 HEADERS = [b"", b"8", b"0 4", b"8 0", b"9 4", b"7 4", b"8 5", b"8 3", b"-8 4", b"8 4.0", b"8e0 4",
            b"+8 4", b"8 4 0", b"8  4", b"99999999999 4", b"8 1000000000", b"4 8", b"x 4"]
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
@@ -110,14 +111,16 @@ def read(path: Path, fmt: str) -> tuple[list[str], np.ndarray] | LoadError:
 
 
 def gensim_read(path: Path, fmt: str) -> KeyedVectors | None:
-    """gensim's model of ``path``, or None if gensim refuses it."""
+    """gensim's model of ``path``, or None if gensim refuses it (or makes a key of None or
+    vectors of dimension 0, as its GloVe reader does of lines shorter than the first)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return KeyedVectors.load_word2vec_format(
+            kv = KeyedVectors.load_word2vec_format(
                 str(path), binary=fmt == "word2vec-binary", no_header=fmt == "glove")
     except Exception:  # gensim refuses it in its own ways; only its successes are compared
         return None
+    return kv if kv.vector_size and all(isinstance(k, str) for k in kv.index_to_key) else None
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +190,35 @@ def test_unmutated_bases_match_gensim(tmp_path: Path, redis_client: redis.Redis)
     for fmt, data in BASES.items():
         check(data, fmt, tmp_path, redis_client)
         assert not isinstance(read(tmp_path / "model.data", fmt), LoadError)
+
+
+FIELD = st.one_of(
+    st.floats(width=32, allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["0", "-0", "+1", ".5", "5.", "1e5", "1E-05", "1e39", "nan", "inf", "1_0",
+                     "0x10", "", "\t1", "1\r", "\u00a01", "1.5f"]))
+TOKEN = st.text(st.sampled_from(list("ab:#\t\r\v\x1c \u00a0\u3000\u2028é日\"'")), max_size=5)
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          derandomize="VECTORSTORE_FUZZ_EXAMPLES" not in os.environ)
+@given(rows=st.lists(st.tuples(TOKEN, st.lists(FIELD, min_size=2, max_size=4),
+                               st.sampled_from([" ", "\t", "  "]), st.sampled_from(["\n", " \n", "\r\n"])),
+                     min_size=1, max_size=6),
+       fmt=st.sampled_from(["word2vec-text", "glove"]))
+def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, list[str], str, str]],
+                                                         fmt: str) -> None:
+    """When polars accepts a block, its tokens and values are the Python parser's, bit for bit."""
+    dim = 3
+    lines = [(token + sep + " ".join(fields) + end).encode() for token, fields, sep, end in rows]
+    fast = readers._parse_regular(lines, dim)
+    if fast is None:
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory, "m.txt")
+        path.write_bytes(b"".join(lines) if fmt == "glove" else b"%d %d\n" % (len(lines), dim)
+                         + b"".join(lines))
+        with open_vectors(path, fmt) as reader:
+            slow = reader._parse_slowly(lines, 0)
+    assert fast[0] == slow[0]
+    np.testing.assert_array_equal(fast[1], slow[1])
