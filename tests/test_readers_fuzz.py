@@ -218,7 +218,7 @@ def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, l
         path = Path(directory, "m.txt")
         path.write_bytes(b"".join(lines) if fmt == "glove" else b"%d %d\n" % (len(lines), dim)
                          + b"".join(lines))
-        with open_vectors(path, fmt) as reader:
+        with readers.TextReader(str(path), fmt) as reader:
             slow = reader._parse_slowly(lines, 0)
     assert fast[0] == slow[0]
     np.testing.assert_array_equal(fast[1], slow[1])

@@ -59,7 +59,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -80,6 +80,9 @@ _CHUNK_BYTES = 1 << 20
 _MAX_TOKEN_BYTES = 1 << 16
 _HEADER_RE = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 _NUMERIC_BYTES = b"0123456789+-.eEnNaAiIfFtTyY \t\r"
+
+
+_R = TypeVar("_R", bound="Reader")
 
 
 class Batch(NamedTuple):
@@ -137,7 +140,7 @@ class Reader:
     def close(self) -> None:
         """Release the file, if any."""
 
-    def __enter__(self) -> Reader:
+    def __enter__(self: _R) -> _R:
         return self
 
     def __exit__(self, *exc: object) -> None:
