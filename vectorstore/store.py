@@ -474,7 +474,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         ``get_vector``, ``get_mean_vector`` and the similarity methods give a word
         outside the vocabulary the mean of its n-gram bucket rows, and
         ``word in kv`` is True for every str (``kv.has_index_for(word)`` and
-        ``kv.key_to_index`` tell the vocabulary).
+        ``kv.key_to_index`` tell the vocabulary). The n-gram rows read are kept
+        in a cache of their own, bounded by ``cache_bytes`` like the tokens'.
         """
         return self._subwords(self._current())
 
@@ -485,7 +486,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return seen[1]
 
     def _subword_lookup(self, keys: list[str], norm: bool = False) -> Lookup:
-        """``lookup(keys, oov="subword")``: OOV rows from their n-grams, one more MGET at most.
+        """``lookup(keys, oov="subword")``: OOV rows from their n-grams, one more MGET at most
+        (none when the process's n-gram cache holds them all).
 
         ``missing`` lists the OOV positions (filled, not left out). With ``norm``
         the OOV rows are gensim's ``get_vector(key, norm=True)`` (the n-gram sum
@@ -517,7 +519,33 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         at = {t: j for j, t in enumerate(tokens)}
         out[missing] = vectors[[at[keys[i]] for i in missing]]
 
+    def _ngram_cache(self, view: _Version) -> VectorCache:
+        """This process's cache of ``view``'s n-gram rows (``cache_bytes``, like the tokens')."""
+        seen = self.__dict__.get("_ngram_cache_seen")
+        if seen is None or seen[0] is not view:
+            seen = (view, VectorCache(view.meta.dim, self.cache_bytes, max_missing=0))
+            self.__dict__["_ngram_cache_seen"] = seen
+        return seen[1]
+
     def _ngram_rows(self, view: _Version, buckets: list[int]) -> np.ndarray:
+        """The rows of ``buckets``: from the n-gram cache, the others in one MGET."""
+        cache = self._ngram_cache(view)
+        if not cache.enabled:
+            return self._fetch_ngrams(view, buckets)
+        names = [str(b) for b in buckets]
+        out = np.empty((len(buckets), view.codec.dim), dtype=np.float32)
+        with cache.lock:
+            rows = np.array(cache.rows(names), dtype=np.intp)
+            hit = rows >= 0
+            out[hit] = cache.gather(rows[hit])
+        miss = np.flatnonzero(~hit).tolist()
+        if miss:
+            out[miss] = fetched = self._fetch_ngrams(view, [buckets[i] for i in miss])
+            with cache.lock:
+                cache.put([names[i] for i in miss], fetched)
+        return out
+
+    def _fetch_ngrams(self, view: _Version, buckets: list[int]) -> np.ndarray:
         """The rows of ``buckets`` in ``view``'s version, read with the alias in one MGET."""
         if not buckets:
             return np.zeros((0, view.codec.dim), dtype=np.float32)

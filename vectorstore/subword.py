@@ -93,12 +93,13 @@ class NgramPlan:
     def __init__(self, tokens: Sequence[str], params: SubwordParams) -> None:
         per_token = [params.buckets(t) for t in tokens]
         self.counts = np.fromiter(map(len, per_token), dtype=np.intp, count=len(per_token))
-        width = int(self.counts.max(initial=0))
-        self._at = np.zeros((len(per_token), width), dtype=np.intp)
         seen: dict[int, int] = {}
-        for i, found in enumerate(per_token):
-            self._at[i, :len(found)] = [seen.setdefault(b, len(seen)) for b in found]
+        at = [[seen.setdefault(b, len(seen)) for b in found] for found in per_token]
         self.buckets = list(seen)
+        # row k of a token's n-grams, or len(buckets): a zero row, after its last n-gram
+        self._at = np.full((len(at), int(self.counts.max(initial=0))), len(seen), dtype=np.intp)
+        for i, found in enumerate(at):
+            self._at[i, :len(found)] = found
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -107,9 +108,12 @@ class NgramPlan:
         """Per token, ``start`` (zeros by default) plus its n-grams' rows, added in order."""
         acc = (np.zeros((len(self), rows.shape[1]), dtype=np.float32) if start is None
                else np.array(start, dtype=np.float32))
-        for k in range(self._at.shape[1]):
-            sel = np.flatnonzero(self.counts > k)
-            acc[sel] += rows[self._at[sel, k]]
+        # gather once, then add position by position: adding the zero row after a token's
+        # last n-gram leaves its sum unchanged, so each sum is gensim's, in gensim's order
+        padded = np.concatenate([rows, np.zeros((1, rows.shape[1]), dtype=np.float32)])
+        gathered = padded[self._at]
+        for k in range(gathered.shape[1]):
+            acc += gathered[:, k]
         return acc
 
     def means(self, rows: np.ndarray) -> np.ndarray:
