@@ -23,11 +23,15 @@ Any error or Ctrl-C, in the index build too, deletes the new version's keys
 (and its partial index) and releases the lock; a SIGKILLed load leaves keys
 nobody sees, removed by the next load.
 
-Parsing and hashing run in the caller's thread, sending on a writer thread of
-its own. Measured on 2 shared cores into a local Redis 8.2, 200k x 300
-float32: word2vec binary 110-180k vectors/s (loader ~1.2 CPU-s per 200k,
-Redis ~0.4), text ~12-17k/s (numpy's float parsing, ~60 us per 300-d line);
-the loader's RSS grows by ~35 MiB, whatever the file size.
+Parsing and hashing run in the caller's thread (text: polars on a parser
+thread, see :mod:`vectorstore.readers`), sending on a writer thread of its own.
+Measured on 2 cores shared with other jobs (load average ~6) into a local
+Redis 8.2, 200k x 300 float32: word2vec binary 65-98k vectors/s (loader
+~1.4 CPU-s per 200k: ~0.65 the binary reader's per-record Python, ~0.5
+encoding, key names and checksum, ~0.3 packing MSETNX; Redis ~0.35), fastText
+.vec text 40-52k/s (loader ~4.2 CPU-s, polars threads included; gensim's
+text loader on the same file: 3.0k/s, 36 CPU-s), GloVe with tokens holding
+spaces 33-43k/s; the loader's RSS stays ~150-230 MiB whatever the file size.
 
 >>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
 >>> meta.count, meta.dim
