@@ -241,9 +241,9 @@ def measure(ctx: Context, words: int, bucket: int, dim: int, n_docs: int, warmup
         f"per OOV rate, Zipf-like vocabulary tokens with OOV tokens (typos of frequent words, "
         f"~{np.mean([len(t) for t in oov_pool]):.1f} characters) at random places. "
         f"vectorstore: `lookup(doc, oov=\"subword\")`, one MGET of the tokens, then one of the "
-        f"deduplicated n-gram rows of the OOV tokens; warm: default 32 MiB cache warmed on "
-        f"{warmup} documents (it holds vocabulary vectors; OOV tokens always read their "
-        f"n-grams). Speculative: one MGET of the tokens and the n-grams of every token. gensim: "
+        f"deduplicated n-gram rows of the OOV tokens not cached; warm: the default caches "
+        f"(32 MiB of vocabulary vectors, 32 MiB of n-gram rows) warmed on {warmup} documents "
+        f"of the same kind. Speculative: one MGET of the tokens and the n-grams of every token. gensim: "
         f"`load_facebook_vectors` (FastTextKeyedVectors), `kv[doc]`. Cells: p50 / p95 ms "
         f"(p50 relative to gensim in memory).")
     rows = []

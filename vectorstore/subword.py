@@ -33,6 +33,7 @@ from .errors import CorruptValueError
 
 HASH = "fasttext"  # the only n-gram hashing there is: fastText's (gensim's compatible_hash)
 _FIELDS = ("subword_minn", "subword_maxn", "subword_buckets")
+_BLOCK = 8  # n-gram positions gathered at once by NgramPlan.sums
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,14 @@ class NgramPlan:
         """Per token, ``start`` (zeros by default) plus its n-grams' rows, added in order."""
         acc = (np.zeros((len(self), rows.shape[1]), dtype=np.float32) if start is None
                else np.array(start, dtype=np.float32))
-        # gather once, then add position by position: adding the zero row after a token's
-        # last n-gram leaves its sum unchanged, so each sum is gensim's, in gensim's order
+        # gather a block of positions at once, then add position by position: adding the
+        # zero row after a token's last n-gram leaves its sum unchanged, so each sum is
+        # gensim's, in gensim's order (blocks bound the memory: one word may have 100s)
         padded = np.concatenate([rows, np.zeros((1, rows.shape[1]), dtype=np.float32)])
-        gathered = padded[self._at]
-        for k in range(gathered.shape[1]):
-            acc += gathered[:, k]
+        for first in range(0, self._at.shape[1], _BLOCK):
+            gathered = padded[self._at[:, first:first + _BLOCK]]
+            for k in range(gathered.shape[1]):
+                acc += gathered[:, k]
         return acc
 
     def means(self, rows: np.ndarray) -> np.ndarray:
