@@ -35,7 +35,7 @@ from .config import PROFILES, Context, profile
 from .data import DEFAULT_DATA_DIR
 from .report import Report
 
-FIGURES = ("latency", "coldstart", "memory", "similarity", "scale", "batch")
+FIGURES = ("latency", "coldstart", "memory", "similarity", "scale", "batch", "fasttext")
 HERE = Path(__file__).parent
 
 

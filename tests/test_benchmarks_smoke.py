@@ -23,6 +23,7 @@ SECTIONS = {
     "4. Similarity search": "fig4_similarity.png",
     "5. Scale test": "fig5_scale.png",
     "6. Batch task throughput": "fig6_batch.png",
+    "7. fastText subword vectors": "fig7_fasttext.png",
 }
 
 
