@@ -94,6 +94,7 @@ vectorstore_model = os.environ.get("VECTORSTORE_MODEL") or None
 vectorstore_prefix = os.environ.get("VECTORSTORE_PREFIX", "vs")
 vectorstore_cache_bytes = default_cache_bytes()
 vectorstore_refresh = _number("VECTORSTORE_REFRESH", 1.0, float)
+vectorstore_prewarm = _number("VECTORSTORE_PREWARM", 1) > 0  # cache the top tokens before forking
 vectorstore_max_tokens = _number("VECTORSTORE_MAX_TOKENS", 10_000)
 vectorstore_max_result_bytes = _number("VECTORSTORE_MAX_RESULT_BYTES", MAX_RESULT_BYTES)
 vectorstore_task_retries = _number("VECTORSTORE_TASK_RETRIES", 3)

@@ -26,6 +26,7 @@ exponential backoff, then fails with ``StoreUnavailableError``.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from typing import Any, Optional
 
@@ -40,11 +41,39 @@ from .validate import (Options, check_document, check_documents, check_flag, che
                        check_options, check_weights)
 from .vectorize import mean_vector, vectorize
 
+logger = logging.getLogger(__name__)
 app = Celery("tasks")
 app.config_from_object("celeryconfig")
 
 _stores: dict[str, RedisKeyedVectors] = {}
 _stores_lock = threading.Lock()
+
+
+_prewarmed = False
+
+
+@signals.worker_before_create_process.connect
+def _prewarm_default_model(**_: Any) -> None:
+    """In the worker's main process, before it forks each pool process: the first time,
+    fill the default model's cache with its most frequent tokens, so every pool process,
+    including one the autoscaler forks later, starts warm and shares those pages
+    copy-on-write (``VECTORSTORE_PREWARM=0`` turns it off); every time, close the main
+    process's connections (no child may share its sockets) and keep the garbage collector
+    off those pages (as ``_share_imports_with_pool``). A missing model or an unreachable
+    Redis only logs a warning: the pool processes then fill their caches as they go.
+    (Not at ``worker_init``: logging is not set up yet then.)"""
+    global _prewarmed
+    conf = app.conf
+    if not _prewarmed and conf.vectorstore_prewarm and conf.vectorstore_model:
+        _prewarmed = True
+        try:
+            kv = store(conf.vectorstore_model)
+            logger.info("prewarmed %d vectors of model %r for the pool", kv.prewarm(), kv.name)
+        except Exception as exc:  # noqa: BLE001  # a worker must start without its cache
+            logger.warning("cache not prewarmed (%s: %s)", type(exc).__name__, exc)
+    for kv in _stores.values():
+        kv.close()
+    gc.freeze()
 
 
 @signals.worker_init.connect

@@ -67,8 +67,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gensim import matutils, utils
@@ -93,7 +94,7 @@ EXACT_MAX = 8192       # past this many candidates, stream every vector instead
 SCAN_CHUNK = 8192      # vectors per MGET when streaming (a multiple of PAD)
 PAD = 16               # candidate matrices are padded to whole BLAS row blocks
 
-Key = Union[str, int, np.integer]
+Key = str | int | np.integer
 Scorer = Callable[[np.ndarray, bool], np.ndarray]
 
 
@@ -177,7 +178,7 @@ class SimilarityMixin:
     """
 
     #: approximate mode's ``VSIM ... EF`` (None: :func:`default_search_ef` of the model's size).
-    search_ef: Optional[int] = None
+    search_ef: int | None = None
 
     if TYPE_CHECKING:  # provided by RedisKeyedVectors
         name: str
@@ -189,6 +190,8 @@ class SimilarityMixin:
         def _sync(self) -> bool: ...
         def _call(self, *args: Any) -> Any: ...
         def _fast_call(self, *args: Any) -> Any: ...
+        def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes],
+                    expected: np.ndarray | None = None) -> np.ndarray: ...
         def __getitem__(self, key_or_keys: Any) -> np.ndarray: ...
         def get_vector(self, key: Key, norm: bool = False) -> np.ndarray: ...
         def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
@@ -197,9 +200,9 @@ class SimilarityMixin:
     # --- search ---------------------------------------------------------------------
 
     def most_similar(self, positive: Any = None, negative: Any = None,
-                     topn: Optional[int] = 10, clip_start: int = 0,
-                     clip_end: Optional[int] = None, restrict_vocab: Optional[int] = None,
-                     indexer: Any = None, *, exact: Optional[bool] = None) -> Any:
+                     topn: int | None = 10, clip_start: int = 0,
+                     clip_end: int | None = None, restrict_vocab: int | None = None,
+                     indexer: Any = None, *, exact: bool | None = None) -> Any:
         """The ``topn`` keys most similar to the weighted mean of ``positive`` minus ``negative``.
 
         Keys, indexes, vectors and ``(key, weight)`` pairs work as in gensim;
@@ -231,29 +234,29 @@ class SimilarityMixin:
             return self._nearest(view, mean, topn, set(present), lo, hi, exact)
         return self._run(run)
 
-    def similar_by_key(self, key: Key, topn: Optional[int] = 10,
-                       restrict_vocab: Optional[int] = None, *,
-                       exact: Optional[bool] = None) -> Any:
+    def similar_by_key(self, key: Key, topn: int | None = 10,
+                       restrict_vocab: int | None = None, *,
+                       exact: bool | None = None) -> Any:
         """``most_similar(positive=[key], ...)``."""
         return self.most_similar(positive=[key], topn=topn, restrict_vocab=restrict_vocab,
                                  exact=exact)
 
-    def similar_by_word(self, word: Key, topn: Optional[int] = 10,
-                        restrict_vocab: Optional[int] = None, *,
-                        exact: Optional[bool] = None) -> Any:
+    def similar_by_word(self, word: Key, topn: int | None = 10,
+                        restrict_vocab: int | None = None, *,
+                        exact: bool | None = None) -> Any:
         """Alias of :meth:`similar_by_key`."""
         return self.similar_by_key(word, topn, restrict_vocab, exact=exact)
 
-    def similar_by_vector(self, vector: np.ndarray, topn: Optional[int] = 10,
-                          restrict_vocab: Optional[int] = None, *,
-                          exact: Optional[bool] = None) -> Any:
+    def similar_by_vector(self, vector: np.ndarray, topn: int | None = 10,
+                          restrict_vocab: int | None = None, *,
+                          exact: bool | None = None) -> Any:
         """The ``topn`` keys most similar to ``vector``."""
         return self.most_similar(positive=[vector], topn=topn, restrict_vocab=restrict_vocab,
                                  exact=exact)
 
     def most_similar_cosmul(self, positive: Any = None, negative: Any = None,
-                            topn: Optional[int] = 10, restrict_vocab: Optional[int] = None,
-                            *, exact: Optional[bool] = None) -> Any:
+                            topn: int | None = 10, restrict_vocab: int | None = None,
+                            *, exact: bool | None = None) -> Any:
         """Levy & Goldberg's 3CosMul ranking, as gensim.
 
         Keys (str) and vectors work; like gensim 4.4, ``restrict_vocab`` is
@@ -340,7 +343,7 @@ class SimilarityMixin:
             return out
         return self._run(run)
 
-    def distances(self, word_or_vector: Union[Key, np.ndarray],
+    def distances(self, word_or_vector: Key | np.ndarray,
                   other_words: Sequence[Key] = ()) -> np.ndarray:
         """Cosine distances from ``word_or_vector`` to ``other_words``, or to every key."""
         if isinstance(word_or_vector, _KEY_TYPES):
@@ -356,7 +359,7 @@ class SimilarityMixin:
         return self._run(run)
 
     def relative_cosine_similarity(self, wa: str, wb: str, topn: int = 10, *,
-                                   exact: Optional[bool] = None) -> float:
+                                   exact: bool | None = None) -> float:
         """similarity(wa, wb) over the sum of wa's ``topn`` best similarities."""
         sims = self.similar_by_word(wa, topn, exact=exact)
         if not sims:
@@ -413,7 +416,7 @@ class SimilarityMixin:
     def evaluate_word_analogies(self, analogies: str, restrict_vocab: int = 300000,
                                 case_insensitive: bool = True, dummy4unknown: bool = False,
                                 similarity_function: str = "most_similar", *,
-                                exact: Optional[bool] = None) -> tuple[float, list[dict]]:
+                                exact: bool | None = None) -> tuple[float, list[dict]]:
         """gensim's analogy evaluation (3CosAdd, top 5), one index search per question.
 
         Exact mode scans the whole vector set once per question (with a FILTER
@@ -482,7 +485,7 @@ class SimilarityMixin:
         def run(view: _Version) -> tuple:
             ok_keys, ok_vocab = self._ok_vocab(view, restrict_vocab, case_insensitive)
             gold: list[float] = []
-            wanted: list[Optional[tuple[int, int]]] = []
+            wanted: list[tuple[int, int] | None] = []
             oov = 0
             with utils.open(pairs, encoding=encoding) as fin:
                 for line_no, line in enumerate(fin):
@@ -533,7 +536,7 @@ class SimilarityMixin:
     # --- search engine --------------------------------------------------------------
 
     def _nearest(self, view: _Version, query: np.ndarray, topn: int, exclude: set[int],
-                 lo: int, hi: int, exact: Optional[bool]) -> list[tuple[str, float]]:
+                 lo: int, hi: int, exact: bool | None) -> list[tuple[str, float]]:
         """gensim's ``most_similar`` ranking around the unit vector ``query``."""
         return self._search(view, self._cosine_scorer(query), topn, exclude, lo, hi, exact,
                             exact_dirs=[query], bound=lambda limits: limits[0],
@@ -545,7 +548,7 @@ class SimilarityMixin:
         return lambda rows, pad: _dot(rows, query, pad) / np.linalg.norm(rows, axis=1)
 
     def _search(self, view: _Version, score: Scorer, topn: int, exclude: set[int], lo: int,
-                hi: int, exact: Optional[bool], *, exact_dirs: Optional[list[np.ndarray]],
+                hi: int, exact: bool | None, *, exact_dirs: list[np.ndarray] | None,
                 bound: Callable[[list[float]], float],
                 approx_dirs: list[np.ndarray]) -> list[tuple[str, float]]:
         """The ``topn`` best keys by ``score`` among indexes [lo, hi), without ``exclude``.
@@ -577,8 +580,8 @@ class SimilarityMixin:
         return self._scan_top(view, score, topn, exclude, lo, hi)
 
     def _vsim(self, view: _Version, query: np.ndarray, count: int, *, truth: bool = False,
-              lo: int = 0, hi: Optional[int] = None,
-              epsilon: Optional[float] = None) -> tuple[list[bytes], np.ndarray]:
+              lo: int = 0, hi: int | None = None,
+              epsilon: float | None = None) -> tuple[list[bytes], np.ndarray]:
         """Element names and index cosines (``2 * score - 1``) of one VSIM, best first."""
         hi = view.meta.count if hi is None else hi
         key = self.keys.vset(view.meta.version)
@@ -633,7 +636,8 @@ class SimilarityMixin:
             values = self._fast_call("MGET", *[view.prefix + t.encode() for t in tokens])
             if None in values:
                 raise _Stale()
-            yield start, tokens, view.codec.decode(values)
+            yield start, tokens, self._decode(view, tokens, values,
+                                              np.arange(start, start + len(tokens), dtype=np.uint32))
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -668,7 +672,7 @@ class SimilarityMixin:
         return status
 
     @staticmethod
-    def _error(status: IndexStatus, query: np.ndarray) -> Optional[float]:
+    def _error(status: IndexStatus, query: np.ndarray) -> float | None:
         """Bound on |index cosine - gensim cosine| for ``query``; None if there is none."""
         if status.quantization == "noquant":
             return FLOAT_SLOP
@@ -677,7 +681,7 @@ class SimilarityMixin:
             return dq + (1 + dq) * status.qerr + FLOAT_SLOP
         return None
 
-    def _range(self, view: _Version, lo: int, hi: Optional[int]) -> tuple[int, int]:
+    def _range(self, view: _Version, lo: int, hi: int | None) -> tuple[int, int]:
         count = view.meta.count
         if lo < 0 or (hi is not None and hi < 0):
             raise ValueError(f"clip_start and clip_end must be >= 0, got {lo} and {hi}")
@@ -688,15 +692,15 @@ class SimilarityMixin:
         values = self._fast_call("MGET", *[view.prefix + n for n in names]) if names else []
         if None in values:
             raise _Stale()
-        return _Rows([n.decode("utf-8") for n in names], view.codec.decode(values),
-                     view.codec.decode_indexes(values))
+        tokens = [n.decode("utf-8") for n in names]
+        return _Rows(tokens, self._decode(view, tokens, values), view.codec.decode_indexes(values))
 
     def _lookup(self, view: _Version,
                 keys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Vectors (zero rows when missing), indexes (-1) and missing positions of keys
         (tokens or indexes), in one MGET."""
         count = view.meta.count
-        tokens: list[Optional[str]] = []
+        tokens: list[str | None] = []
         for k in keys:
             if isinstance(k, str):
                 tokens.append(k)
@@ -714,8 +718,9 @@ class SimilarityMixin:
         indexes = np.full(len(keys), -1, dtype=np.int64)
         found = [i for i, v in enumerate(values) if v is not None]
         if found:
-            present = [values[i] for i in found]
-            vectors[found] = view.codec.decode(present)
+            present = [v for v in values if v is not None]
+            vectors[found] = self._decode(view, [t for t, v in zip(tokens, values)
+                                                 if t is not None and v is not None], present)
             indexes[found] = view.codec.decode_indexes(present)
         return vectors, indexes, missing
 
@@ -757,7 +762,7 @@ class SimilarityMixin:
 
 
 def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray, post_normalize: bool,
-                  dim: Optional[int] = None) -> np.ndarray:
+                  dim: int | None = None) -> np.ndarray:
     """gensim's ``get_mean_vector`` sum: in order, float32 accumulator, weights as given,
     divided by the sum of their absolute values; ``dim`` sizes an empty ``rows``' mean.
 

@@ -17,6 +17,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +45,9 @@ from .subword import NgramPlan, SubwordParams
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
+KNOWN_SAMPLE = 16  # tokens of a document looked up in the cache before deciding to use it
+ADMIT_STRIDE = 8  # of a document fetched whole, every 8th token is offered to the cache
+PREWARM_BATCH = 4096  # vectors per MGET while prewarming (~5 MB at 300 x float32)
 OOV_POLICIES = ("error", "zero", "skip", "subword")  # subword: fastText models, _fill_subwords
 _READ_ONLY = (
     "RedisKeyedVectors is read-only: load models into Redis with "
@@ -87,6 +91,31 @@ class _Version:
 def _unit(vec: np.ndarray) -> np.ndarray:
     """``vec`` / its norm, computed as gensim's ``fill_norms`` does (bit-identical)."""
     return vec / np.linalg.norm(vec[None, :], axis=1)[0]
+
+
+class Counters:
+    """What one process did through one handle (see :meth:`RedisKeyedVectors.stats`)."""
+
+    __slots__ = ("lookups", "tokens", "hits", "fetched", "absent", "round_trips", "bytes")
+
+    def __init__(self) -> None:
+        self.lookups = self.tokens = self.hits = self.fetched = 0
+        self.absent = self.round_trips = self.bytes = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+_handles: weakref.WeakSet[RedisKeyedVectors] = weakref.WeakSet()
+
+
+def _reset_counters() -> None:
+    """In a forked child: counters start at zero (the parent's stay the parent's)."""
+    for kv in list(_handles):
+        kv._counts = Counters()
+
+
+os.register_at_fork(after_in_child=_reset_counters)
 
 
 class _Moved(Exception):
@@ -134,6 +163,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         self._local = threading.local()
         self._view: _Version | None = None
         self._checked = -float("inf")
+        self._counts = Counters()
+        _handles.add(self)
 
     def __repr__(self) -> str:
         where = redact(self.url) if self.url else repr(self._given_client)
@@ -155,6 +186,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             f"Redis at {where} unreachable after retries ({type(exc).__name__}: {exc})")
 
     def _call(self, *args: Any) -> Any:
+        self._counts.round_trips += 1
         try:
             return self.redis.execute_command(*args)
         except redis.AuthenticationError:
@@ -164,16 +196,25 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
     def _fast_call(self, *args: Any) -> Any:
         """``_call`` on a connection of this thread's own, skipping the pool (~40 us less)."""
+        return self._fast_calls([args])[0]
+
+    def _fast_calls(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Replies to ``commands``, sent together (one round trip) like :meth:`_fast_call`."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
             conn = local.conn = cast(redis.Connection, self.redis.connection_pool.make_connection())
             local.pid = os.getpid()
-        packed = [hiredis.pack_command(args)]
+        packed = [hiredis.pack_command(tuple(c)) for c in commands]
+        self._counts.round_trips += 1
 
-        def send() -> Any:
+        def send() -> list[Any]:
             conn.send_packed_command(packed, check_health=False)
-            return conn.read_response()
+            try:
+                return [conn.read_response() for _ in packed]
+            except redis.ResponseError:  # replies left unread: this connection is out of step
+                conn.disconnect()
+                raise
 
         try:
             return conn.retry.call_with_retry(send, lambda _: conn.disconnect())
@@ -296,20 +337,24 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return self._subword_lookup(keys)
         out, missing = self._on_current(
             lambda view: (self._lookup_cached if view.cache.enabled else self._lookup_direct)(view, keys))
+        self._counts.lookups += 1
+        self._counts.absent += len(missing)
         if missing and oov == "error":
             raise KeyError(f"Key '{keys[missing[0]]}' not present")
         if missing and oov == "skip":
             out = np.delete(out, missing, axis=0)
         return Lookup(out, missing)
 
-    def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes]) -> np.ndarray:
+    def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes],
+                expected: np.ndarray | None = None) -> np.ndarray:
         """float32 vectors of ``tokens`` from their stored ``values``, checked on the way.
 
         A value of the wrong length, holding a NaN or an infinity, or whose
-        stored index is out of the model's range raises CorruptValueError
-        naming the tokens (about 7 us per 100 x 300 values; what a reader
-        cannot see, e.g. a token's value overwritten by another token's, is
-        for ``vectorstore verify``).
+        stored index is out of the model's range (or is not ``expected``, where
+        the caller knows the tokens' indexes) raises CorruptValueError naming
+        the tokens. The checks cost about 7 us per 100 x 300 values; what a
+        reader cannot see (a token's value overwritten by another token's, a
+        deleted token key) is for ``vectorstore verify``.
         """
         codec = view.codec
         try:
@@ -320,14 +365,38 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                                 f"{len(values[bad[0]])} bytes instead of {codec.size} "
                                 f"({codec.dim} x {codec.dtype} + 4-byte index)") from None
         out = rec["v"].astype(np.float32)
-        if len(values) and int(rec["i"].max()) >= view.meta.count:
-            bad = np.flatnonzero(rec["i"] >= view.meta.count).tolist()
+        stored = rec["i"]
+        counts = self._counts
+        counts.fetched += len(values)
+        counts.bytes += len(values) * codec.size
+        if expected is not None and not np.array_equal(stored, expected):
+            bad = np.flatnonzero(stored != expected).tolist()
             raise self._corrupt(view, [tokens[i] for i in bad],
-                                f"index {int(rec['i'][bad[0]])} (the model has {view.meta.count})")
+                                f"index {int(stored[bad[0]])} where the model has it at "
+                                f"{int(expected[bad[0]])}")
+        if len(values) and int(stored.max()) >= view.meta.count:
+            bad = np.flatnonzero(stored >= view.meta.count).tolist()
+            raise self._corrupt(view, [tokens[i] for i in bad],
+                                f"index {int(stored[bad[0]])} (the model has {view.meta.count})")
         if not np.isfinite(out).all():
             bad = np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist()
             raise self._corrupt(view, [tokens[i] for i in bad], "NaN or infinite floats")
         return out
+
+    def _check_absent(self, view: _Version, tokens: Sequence[str]) -> None:
+        """Raise CorruptValueError if a token MGET read as absent has a key of another type.
+
+        MGET answers nil for a hash, list or set as for no key, so such a token
+        would pass for out-of-vocabulary. One more round trip (EXISTS per
+        token, ~15 us), paid by a lookup that meets tokens absent and not yet
+        known to be absent. A deleted token key cannot be told from an
+        out-of-vocabulary token this way: ``vectorstore verify`` names those.
+        """
+        names = [view.prefix + t.encode() for t in tokens]
+        exists = self._fast_calls([("EXISTS", n) for n in names])
+        bad = [t for t, e in zip(tokens, exists) if e]
+        if bad:
+            raise self._corrupt(view, bad, "no string: its key is another Redis type")
 
     def _corrupt(self, view: _Version, tokens: Sequence[str], what: str) -> CorruptValueError:
         shown = ", ".join(map(repr, tokens[:5])) + (f" and {len(tokens) - 5} more"
@@ -337,7 +406,17 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             f"{shown} holds {what}: run `vectorstore verify {self.name}` and reload the model")
 
     def _lookup_direct(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Vectors of ``keys`` and their OOV positions, all read from Redis (no cache)."""
         values = self._mget(view, keys)
+        self._counts.tokens += len(keys)
+        out, missing = self._decode_some(view, keys, values)
+        if missing:
+            self._check_absent(view, list(dict.fromkeys(keys[i] for i in missing)))
+        return out, missing
+
+    def _decode_some(self, view: _Version, keys: list[str],
+                     values: list[bytes | None]) -> tuple[np.ndarray, list[int]]:
+        """Vectors of ``keys`` from ``values`` (zero rows where None), and the None positions."""
         if None not in values:
             return self._decode(view, keys, cast("list[bytes]", values)), []
         missing = [i for i, v in enumerate(values) if v is None]
@@ -349,36 +428,118 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return out, missing
 
     def _lookup_cached(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
-        cache = view.cache
+        """``_lookup_direct`` through the cache: no round trip when every token is cached
+        (or known absent), else one MGET of the others, offered to the cache afterwards.
+
+        Each token touched costs (memory latency), so a document whose first
+        tokens are mostly unknown takes the cache-off path (fetch all) and
+        offers only every ``ADMIT_STRIDE``-th token to the cache.
+        """
+        cache, counts = view.cache, self._counts
+        counts.tokens += len(keys)
+        sample = keys[:KNOWN_SAMPLE]
+        if cache.known(sample) * 2 < len(sample):
+            out, missing = self._decode_some(view, keys, self._mget(view, keys))
+            absent = missing
+            wanted, fetched = keys[::ADMIT_STRIDE], out[::ADMIT_STRIDE]
+            offered_absent = [i // ADMIT_STRIDE for i in missing if i % ADMIT_STRIDE == 0]
+            got = keys
+        else:
+            with cache.lock:
+                rows = cache.rows(keys)
+                hit = rows >= 0
+                hits = int(np.count_nonzero(hit))
+                counts.hits += hits
+                if hits == len(keys):
+                    return cache.gather(rows), []
+                out = cache.gather(np.maximum(rows, 0))  # one copy; misses overwritten below
+            unknown = np.flatnonzero(rows == UNKNOWN)
+            wanted = got = [keys[i] for i in unknown.tolist()]  # Python work per miss only
+            fetched, absent = self._decode_some(view, wanted,
+                                                self._mget(view, wanted) if wanted else [])
+            offered_absent = absent
+            out[unknown] = fetched
+            gone = rows == MISSING
+            gone[unknown[absent]] = True
+            missing = np.flatnonzero(gone).tolist()
+            out[missing] = 0
+        new_absent = [t for t in dict.fromkeys(got[i] for i in absent)
+                      if not cache.known_missing(t)]
+        if new_absent:
+            self._check_absent(view, new_absent)
+        if offered_absent:
+            keep = np.ones(len(wanted), dtype=bool)
+            keep[offered_absent] = False
+            wanted, fetched = [t for t, k in zip(wanted, keep.tolist()) if k], fetched[keep]
         with cache.lock:
-            rows = np.array(cache.rows(keys), dtype=np.intp)
-            hit = rows >= 0
-            if hit.all():
-                return cache.gather(rows), []
-            out = np.zeros((len(keys), view.codec.dim), dtype=np.float32)
-            out[hit] = cache.gather(rows[hit])
-        unknown = np.flatnonzero(rows == UNKNOWN).tolist()  # Python work per miss only
-        wanted = list(dict.fromkeys(keys[i] for i in unknown))
-        values = self._mget(view, wanted) if wanted else []
-        found = [t for t, v in zip(wanted, values) if v is not None]
-        fetched = self._decode(view, found, [v for v in values if v is not None])
-        at = {t: j for j, t in enumerate(found)}
-        missing = np.flatnonzero(rows == MISSING).tolist()
-        pos, src = [], []
-        for i in unknown:
-            j = at.get(keys[i])
-            if j is None:
-                missing.append(i)
-            else:
-                pos.append(i)
-                src.append(j)
-        if pos:
-            out[pos] = fetched[src]
-        with cache.lock:
-            cache.put(found, fetched)
-            if len(found) < len(wanted):
-                cache.put_missing([t for t, v in zip(wanted, values) if v is None])
-        return out, sorted(missing)
+            cache.admit(wanted, fetched)
+            if new_absent:
+                cache.put_missing(new_absent)
+        return out, missing
+
+    def prewarm(self, n: int | None = None) -> int:
+        """Cache the model's ``n`` first tokens (as many as the cache holds by default).
+
+        Model files list tokens by descending frequency (word2vec, GloVe,
+        fastText), so these are the most frequent words. They are pinned: never
+        evicted nor rewritten, so a Celery worker that prewarms before its pool
+        forks (``VECTORSTORE_PREWARM``) has every pool process share those
+        pages copy-on-write. Reads the index->token chunks and MGETs vectors
+        4096 at a time, checking each value's stored index. Clears the cache
+        first; a new model version starts with an empty cache again.
+
+        >>> kv = RedisKeyedVectors("news", cache_bytes=64 * 2**20)   # doctest: +SKIP
+        >>> kv.prewarm()                                            # doctest: +SKIP
+        55924
+
+        Returns the number of tokens cached.
+        """
+        def read(view: _Version) -> int:
+            cache = view.cache
+            with cache.lock:
+                cache.clear()
+            total = min(view.meta.count, cache.capacity if n is None else max(0, n),
+                        cache.capacity)
+            done = 0
+            for lo in range(0, total, PREWARM_BATCH):
+                hi = min(total, lo + PREWARM_BATCH)
+                tokens = view.index_to_key[lo:hi]
+                values = self._mget(view, tokens)
+                if None in values:
+                    raise self._corrupt(view, [t for t, v in zip(tokens, values) if v is None],
+                                        "nothing: its key is missing or not a string")
+                vectors = self._decode(view, tokens, cast("list[bytes]", values),
+                                       np.arange(lo, hi, dtype=np.uint32))
+                with cache.lock:
+                    done += cache.pin(tokens, vectors)
+            return done
+        return self._on_current(read)
+
+    def stats(self) -> dict[str, int | float]:
+        """This process's counters for this handle, and the state of its cache.
+
+        ``lookups`` (calls), ``tokens`` (asked for), ``hits`` (answered by the
+        cache), ``fetched`` (vectors read from Redis), ``absent`` (OOV tokens),
+        ``round_trips`` (Redis commands or pipelines), ``bytes`` (vector bytes
+        read), ``hit_rate``; ``cache_capacity``/``cache_entries``/``cache_pinned``
+        (vectors), ``cache_fill`` (entries / capacity), ``cache_admitted`` and
+        ``cache_evicted`` (since the version's cache was made), ``cache_bytes``
+        (the bound). Counters start at zero in a forked child.
+
+        >>> kv.stats()["hit_rate"]                                    # doctest: +SKIP
+        0.93
+        """
+        out: dict[str, int | float] = dict(self._counts.as_dict())
+        out["hit_rate"] = out["hits"] / out["tokens"] if out["tokens"] else 0.0
+        cache = self._view.cache if self._view is not None else None
+        out.update(cache_bytes=self.cache_bytes,
+                   cache_capacity=cache.capacity if cache else 0,
+                   cache_entries=len(cache) if cache else 0,
+                   cache_pinned=cache.pinned if cache else 0,
+                   cache_fill=len(cache) / cache.capacity if cache and cache.capacity else 0.0,
+                   cache_admitted=cache.admitted if cache else 0,
+                   cache_evicted=cache.evicted if cache else 0)
+        return out
 
     def get_vectors(self, keys: Iterable[str], oov: str = "error") -> np.ndarray:
         """Stacked vectors of ``keys``; see :meth:`lookup` for ``oov``."""
@@ -424,6 +585,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     def _index_of(self, view: _Version, key: str) -> int | None:
         value = self._mget(view, [key])[0]
         if value is None:
+            self._check_absent(view, [key])
             return None
         self._decode(view, [key], [value])
         return int(view.codec.decode_indexes([value])[0])
@@ -648,6 +810,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                 present = [v for v in values if v is not None]
                 vectors[found] = self._decode(view, [tokens[i] for i in found], present)
                 indexes[found] = view.codec.decode_indexes(present)
+            if len(found) < len(tokens):
+                self._check_absent(view, [t for t, v in zip(tokens, values) if v is None])
             if infer:
                 params = self._subwords(view)
                 assert params is not None
@@ -765,12 +929,26 @@ class IndexToKey(Sequence[str]):
         return self._fetch_chunks([chunk])[0]
 
     def _fetch_chunks(self, chunks: Sequence[int]) -> list[list[str]]:
-        raw = self._kv._call("MGET", *(self._kv.keys.i2k(self._version, c) for c in chunks))
-        if None in raw:
+        kv = self._kv
+        names = [kv.keys.i2k(self._version, c) for c in chunks]
+        raw = kv._call("MGET", kv.keys.current, *names)
+        if raw[0] != b"%d" % self._version:
             raise VectorStoreError(
-                f"model {self._kv.name!r} version {self._version} is gone (replaced by a reload)"
-            )
-        return [r.decode("utf-8").split("\n") for r in raw]
+                f"model {kv.name!r} version {self._version} is gone (replaced by a reload)")
+        out = []
+        for name, chunk, value in zip(names, chunks, raw[1:]):
+            want = min(I2K_CHUNK, self._count - chunk * I2K_CHUNK)
+            try:
+                tokens = value.decode("utf-8").split("\n") if value is not None else []
+            except UnicodeDecodeError:
+                tokens = []
+            if len(tokens) != want:
+                raise CorruptValueError(
+                    f"model {kv.name!r}: its index->token chunk {name} is missing, not a string "
+                    f"or does not hold {want} UTF-8 tokens: run `vectorstore verify {kv.name}` "
+                    f"and reload the model")
+            out.append(tokens)
+        return out
 
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):

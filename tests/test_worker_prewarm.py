@@ -1,0 +1,66 @@
+"""A real ``celery -A tasks worker`` prewarms the default model's cache before its pool
+forks (VECTORSTORE_PREWARM); its pool processes serve from the shared pages."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import redis
+from celery_helpers import WorkerProcess
+from conftest import synthetic_kv
+from gensim.models import KeyedVectors
+
+from tasks import as_array
+from tasks.client import client_app
+from vectorstore.loader import load
+from vectorstore.server import EmbeddedRedis
+
+COUNT, DIM = 20_000, 100  # 8 MB of vectors: the whole model fits the default cache
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis, KeyedVectors]]:
+    with EmbeddedRedis() as broker, EmbeddedRedis() as store:
+        model = synthetic_kv(COUNT, DIM)
+        load(model, "m", url=store.url, progress=False)
+        yield broker, store, model
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(private, shared) memory of a process, MiB."""
+    info = psutil.Process(pid).memory_full_info()
+    return info.uss / 2**20, (info.rss - info.uss) / 2**20
+
+
+def mgets(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("prewarm", ["1", "0"])
+def test_pool_processes_start_warm(servers, tmp_path: Path, prewarm: str) -> None:
+    broker, store, model = servers
+    env = {"VECTORSTORE_PREWARM": prewarm, "VECTORSTORE_CACHE_BYTES": str(32 * 2**20)}
+    with WorkerProcess(f"prewarm{prewarm}", broker.url, store.url, tmp_path,
+                       args=("--concurrency=2",), env=env) as worker:
+        assert (f"prewarmed {COUNT} vectors of model 'm'" in worker.log()) == (prewarm == "1")
+        app = client_app(broker.url)
+        rng = np.random.default_rng(0)
+        docs = [[model.index_to_key[i] for i in rng.integers(0, COUNT, 100)] for _ in range(40)]
+        before = mgets(store.url)
+        results = [app.send_task("tasks.vectorize_document", [doc], {"model": "m"})
+                   for doc in docs]
+        for doc, r in zip(docs, results):
+            assert np.array_equal(as_array(r.get(timeout=30)), model[doc])
+        fetched = mgets(store.url) - before
+        memory = [memory_mib(p) for p in worker.pool_pids()]
+        print(f"VECTORSTORE_PREWARM={prewarm}: {fetched} MGETs for 40 documents; pool "
+              f"processes' private / shared MiB: {[(round(u), round(s)) for u, s in memory]}")
+        if prewarm == "1":  # every vector from the cache the parent filled, shared
+            assert fetched == 0 and len(memory) == 2
+            assert all(shared > COUNT * DIM * 4 / 2**20 for _, shared in memory)
+        else:
+            assert fetched >= 40
