@@ -21,7 +21,9 @@ VECTORSTORE_REFRESH            1.0                              seconds between 
                                                                 new model version
 VECTORSTORE_MAX_TOKENS         10000                            tokens per document, and per
                                                                 batch request in all
-VECTORSTORE_MAX_RESULT_BYTES   8388608 (8 MiB)                  array bytes per result
+VECTORSTORE_MAX_TOKEN_CHARS    1000                             characters per token
+VECTORSTORE_MAX_RESULT_BYTES   8388608 (8 MiB)                  bytes per result (array and
+                                                                echoed OOV tokens)
 VECTORSTORE_TASK_RETRIES       3                                retries when the store is
                                                                 unreachable (backoff 1, 2, 4 s)
 CELERY_TASK_SOFT_TIME_LIMIT    30                               seconds, then the task fails
@@ -49,7 +51,9 @@ Why these defaults:
 """
 import os
 
+from tasks.broker import REDIS_SOCKET_OPTIONS, connection_settings
 from tasks.results import CONTENT_TYPES, MAX_RESULT_BYTES, RESULT_SERIALIZER, TASK_SERIALIZER
+from tasks.validate import MAX_TOKEN_CHARS
 from vectorstore.store import default_cache_bytes
 
 
@@ -66,7 +70,6 @@ def _number(name: str, default: float, kind: type = int) -> float:
 
 broker_url = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
 result_backend = os.environ.get("CELERY_RESULT_BACKEND", broker_url)
-broker_connection_retry_on_startup = True
 
 task_serializer = TASK_SERIALIZER
 result_serializer = RESULT_SERIALIZER
@@ -76,17 +79,29 @@ result_accept_content = CONTENT_TYPES
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# undecodable task messages fail their task instead of leaving its client waiting
+worker_consumer = "tasks.consumer:Consumer"
+# Let tasks running when the broker connection drops finish: their result is stored
+# (the result backend retries), their ack is lost and the broker redelivers them
+# after the visibility timeout (they are idempotent). Cancelling them instead stores
+# a RETRY/REVOKED state against a backend that may be down: under Celery 5.6 that
+# raised out of the consumer and killed the worker.
+worker_cancel_long_running_tasks_on_connection_loss = False
 task_soft_time_limit = _number("CELERY_TASK_SOFT_TIME_LIMIT", 30, float)
 task_time_limit = _number("CELERY_TASK_TIME_LIMIT", 60, float)
 result_expires = _number("CELERY_RESULT_EXPIRES", 600)
 
+# Broker and result backend: reconnect forever, retry a result Redis could not take
+# (a restart) instead of failing a task that succeeded, never wait on a dead or frozen
+# Redis without a timeout (tasks/broker.py has the values).
+globals().update(connection_settings())
 _visibility = _number("CELERY_VISIBILITY_TIMEOUT", 600)
 broker_transport_options = {
     "visibility_timeout": _visibility,
     # look for tasks of dead workers every tenth of the timeout (kombu's default is 100 s)
     "unacked_restore_interval": max(1, _visibility // 10),
     "unacked_restore_throttle": 1,
+    **REDIS_SOCKET_OPTIONS,
 }
 
 vectorstore_url = os.environ.get("VECTORSTORE_URL") or None

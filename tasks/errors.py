@@ -44,3 +44,9 @@ class OutOfVocabularyError(DocumentError, LookupError):
 
 class ResultTooLargeError(DocumentError):
     """The result would exceed the size the result backend can carry safely."""
+
+
+class UndecodableTaskError(TaskInputError):
+    """The task message's arguments could not be decoded (e.g. a JSON integer over
+    4300 digits, a ``{"__type__": ...}`` object kombu cannot rebuild); the worker failed
+    the task rather than drop it."""

@@ -18,7 +18,8 @@ refuse, before doing any work, requests whose array would exceed
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,8 @@ def as_array(result: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(data, dtype=DTYPES[dtype]).astype(dtype).reshape(shape)
 
 
-def as_arrays(result: Union[dict[str, Any], Sequence[dict[str, Any]]]
-              ) -> Union[list[np.ndarray], np.ndarray]:
+def as_arrays(result: dict[str, Any] | Sequence[dict[str, Any]]
+              ) -> list[np.ndarray] | np.ndarray:
     """The arrays of a ``vectorize_documents`` result: a list of matrices, or with
     ``max_len`` one ``(batch, max_len, dim)`` array.
 
@@ -89,13 +90,24 @@ def result_bytes(shape: Sequence[int], dtype: str) -> int:
     return int(np.prod(shape)) * np.dtype(DTYPES[dtype]).itemsize
 
 
-def check_size(shape: Sequence[int], dtype: str, limit: int, what: str = "result") -> None:
-    """Raise ResultTooLargeError if an array of ``shape`` would exceed ``limit`` bytes."""
-    size = result_bytes(shape, dtype)
+def check_size(shape: Sequence[int], dtype: str, limit: int, what: str = "result",
+               oov: Sequence[str] | Sequence[Sequence[str]] = ()) -> None:
+    """Raise ResultTooLargeError if an array of ``shape``, plus the ``oov`` tokens the
+    result echoes (one list, or one list per document), would exceed ``limit`` bytes.
+
+    >>> check_size((2, 3), "float32", 100, oov=["x" * 80])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tasks.errors.ResultTooLargeError: result would be 0.0 MiB (2 x 3 float32 + 80 bytes of OOV tokens), ...
+    """
+    echoed = sum(len(t.encode("utf-8")) if isinstance(t, str) else sum(len(u.encode("utf-8")) for u in t)
+                 for t in oov)
+    size = result_bytes(shape, dtype) + echoed
     if size > limit:
         dims = " x ".join(map(str, shape))
+        extra = f" + {echoed} bytes of OOV tokens" if echoed else ""
         raise ResultTooLargeError(
-            f"{what} would be {size / 2**20:.1f} MiB ({dims} {dtype}), over the "
+            f"{what} would be {size / 2**20:.1f} MiB ({dims} {dtype}{extra}), over the "
             f"{limit / 2**20:.1f} MiB result limit (VECTORSTORE_MAX_RESULT_BYTES): pass max_len, "
             f"dtype='float16' or fewer tokens per request"
         )

@@ -17,36 +17,50 @@ tasks.errors.InvalidOptionError: oov must be one of 'zero', 'skip', 'error', 'su
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from vectorstore.keys import check_name
 
-from .errors import (DocumentTooLongError, InvalidDocumentError, InvalidOptionError,
-                     UnknownModelError)
+from .errors import DocumentTooLongError, InvalidDocumentError, InvalidOptionError, UnknownModelError
 from .results import DTYPES
 
 OOV_POLICIES = ("zero", "skip", "error", "subword")  # subword: fastText .bin models only
+#: Default bound of one token's length (``VECTORSTORE_MAX_TOKEN_CHARS``): OOV tokens are
+#: echoed in results, and no word model has tokens anywhere near this long.
+MAX_TOKEN_CHARS = 1000
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
 class Options:
     """Validated options of ``vectorize_document(s)``."""
 
-    max_len: Optional[int]
+    max_len: int | None
     oov: str
     dtype: str
     normalize: bool
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit conversion limit
+        text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_document(tokens: Any, max_tokens: int, where: str = "document") -> list[str]:
-    """``tokens`` if it is a non-empty list of at most ``max_tokens`` strings."""
+def check_document(tokens: Any, max_tokens: int, where: str = "document",
+                   max_chars: int = MAX_TOKEN_CHARS) -> list[str]:
+    """``tokens`` if it is a non-empty list of at most ``max_tokens`` strings of valid
+    Unicode (UTF-8 encodable) of at most ``max_chars`` characters each.
+
+    >>> check_document(["ok", "\\udcff"], max_tokens=10)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tasks.errors.InvalidDocumentError: token 1 of document '\\udcff' is not valid Unicode ...
+    """
     if not isinstance(tokens, list):
         raise InvalidDocumentError(
             f"{where} must be a list of str tokens, got {type(tokens).__name__} {_short(tokens)}")
@@ -60,10 +74,30 @@ def check_document(tokens: Any, max_tokens: int, where: str = "document") -> lis
         if not isinstance(token, str):
             raise InvalidDocumentError(
                 f"token {i} of {where} is {type(token).__name__} {_short(token)}, expected str")
+        if len(token) > max_chars:
+            raise InvalidDocumentError(
+                f"token {i} of {where} has {len(token)} characters, the limit is {max_chars} "
+                f"(VECTORSTORE_MAX_TOKEN_CHARS): {_short(token)}")
+    try:
+        "".join(tokens).encode("utf-8")
+    except UnicodeEncodeError:
+        i, token, exc = next((i, t, e) for i, t in enumerate(tokens) for e in _encode_error(t))
+        raise InvalidDocumentError(
+            f"token {i} of {where} {_short(token)} is not valid Unicode (lone surrogate at "
+            f"character {exc.start}): tokens must be UTF-8 text") from None
     return tokens
 
 
-def check_documents(docs: Any, max_tokens: int) -> list[list[str]]:
+def _encode_error(token: str) -> list[UnicodeEncodeError]:
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return [exc]
+    return []
+
+
+def check_documents(docs: Any, max_tokens: int,
+                    max_chars: int = MAX_TOKEN_CHARS) -> list[list[str]]:
     """``docs`` if it is a non-empty list of valid documents with at most ``max_tokens``
     tokens in all; errors name the document."""
     if not isinstance(docs, list):
@@ -77,7 +111,7 @@ def check_documents(docs: Any, max_tokens: int) -> list[list[str]]:
         raise DocumentTooLongError(
             f"docs have {total} tokens in all, the limit per request is {max_tokens} "
             f"(VECTORSTORE_MAX_TOKENS): send fewer documents per task")
-    return [check_document(d, max_tokens, f"document {i}") for i, d in enumerate(docs)]
+    return [check_document(d, max_tokens, f"document {i}", max_chars) for i, d in enumerate(docs)]
 
 
 def check_options(max_len: Any, oov: Any, dtype: Any, normalize: Any,
@@ -87,10 +121,10 @@ def check_options(max_len: Any, oov: Any, dtype: Any, normalize: Any,
                                 or not 1 <= max_len <= max_tokens):
         raise InvalidOptionError(
             f"max_len must be null or an integer from 1 to {max_tokens}; got {_short(max_len)}")
-    if oov not in OOV_POLICIES:
+    if not isinstance(oov, str) or oov not in OOV_POLICIES:
         raise InvalidOptionError(
             f"oov must be one of {', '.join(map(repr, OOV_POLICIES))}; got {_short(oov)}")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidOptionError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {_short(dtype)}")
     if not isinstance(normalize, bool):
@@ -114,19 +148,27 @@ def check_weights(weights: Any, count: int) -> np.ndarray:
         raise InvalidOptionError(
             f"weights must be null or a list of {count} numbers (one per token); "
             f"got {_short(weights)}")
-    out = np.asarray(weights, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise InvalidOptionError("weights must be finite numbers")
-    return out
+    try:
+        wide = np.asarray(weights, dtype=np.float64)
+    except OverflowError:
+        wide = np.array([np.inf])
+    if not (np.isfinite(wide).all() and (np.abs(wide) <= _FLOAT32_MAX).all()):
+        raise InvalidOptionError(
+            f"weights must be finite numbers within float32's range (|w| <= 3.4e38); "
+            f"got {_short(weights)}")
+    return wide.astype(np.float32)
 
 
-def check_model(model: Any, default: Optional[str]) -> str:
+def check_model(model: Any, default: str | None) -> str:
     """The model name to use: ``model``, else the workers' ``VECTORSTORE_MODEL``."""
     if model is None:
         if default is None:
             raise UnknownModelError(
                 "no model named: pass model=NAME or set VECTORSTORE_MODEL on the workers")
         return default
+    if not isinstance(model, str) or len(model) > 128:
+        raise InvalidOptionError(f"model must be null or a model name (1-128 characters from "
+                                 f"A-Z a-z 0-9 _ . -); got {_short(model)}")
     try:
         return check_name(model)
     except ValueError as exc:

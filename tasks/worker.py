@@ -131,14 +131,17 @@ def vectorize_document(tokens: list[str], model: Optional[str] = None,
     ``oov``: ``"zero"`` rows, ``"skip"`` (leave out), or ``"error"``.
     ``normalize`` makes each row unit-length (zero rows stay zero).
     """
-    tokens = check_document(tokens, app.conf.vectorstore_max_tokens)
+    conf = app.conf
+    tokens = check_document(tokens, conf.vectorstore_max_tokens,
+                            max_chars=conf.vectorstore_max_token_chars)
     opts = _options(max_len, oov, dtype, normalize)
     kv = store(model)
-    check_size((opts.max_len or len(tokens), kv.vector_size), opts.dtype,
-               app.conf.vectorstore_max_result_bytes)
+    shape = (opts.max_len or len(tokens), kv.vector_size)
+    check_size(shape, opts.dtype, conf.vectorstore_max_result_bytes)
     [(matrix, missing)] = vectorize(kv, [tokens], opts)
-    return pack(matrix.astype(opts.dtype), missing, [tokens[i] for i in missing],
-                kv.name, kv.version)
+    oov_tokens = [tokens[i] for i in missing]
+    check_size(shape, opts.dtype, conf.vectorstore_max_result_bytes, oov=oov_tokens)
+    return pack(matrix.astype(opts.dtype), missing, oov_tokens, kv.name, kv.version)
 
 
 @app.task(name="tasks.vectorize_documents", **_TASK_OPTIONS)
@@ -150,17 +153,18 @@ def vectorize_documents(docs: list[list[str]], model: Optional[str] = None,
     Returns a list of per-document results, or with ``max_len`` one result of
     shape (batch, max_len, dim) whose ``missing``/``oov`` are lists per document.
     """
-    docs = check_documents(docs, app.conf.vectorstore_max_tokens)
+    docs = check_documents(docs, app.conf.vectorstore_max_tokens,
+                           max_chars=app.conf.vectorstore_max_token_chars)
     opts = _options(max_len, oov, dtype, normalize)
     kv = store(model)
     dim, limit = kv.vector_size, app.conf.vectorstore_max_result_bytes
-    if opts.max_len is None:
-        check_size((sum(map(len, docs)), dim), opts.dtype, limit, "batch result")
-    else:
-        check_size((len(docs), opts.max_len, dim), opts.dtype, limit, "batch result")
+    shape = ((sum(map(len, docs)), dim) if opts.max_len is None
+             else (len(docs), opts.max_len, dim))
+    check_size(shape, opts.dtype, limit, "batch result")
     results = vectorize(kv, docs, opts)
     version = kv.version
     oovs = [[doc[i] for i in missing] for doc, (_, missing) in zip(docs, results)]
+    check_size(shape, opts.dtype, limit, "batch result", oov=oovs)
     if opts.max_len is not None:
         tensor = np.stack([m for m, _ in results]).astype(opts.dtype)
         return pack(tensor, [missing for _, missing in results], oovs, kv.name, version)
@@ -174,7 +178,8 @@ def embed_document(tokens: list[str], model: Optional[str] = None,
                    post_normalize: bool = False, ignore_missing: bool = True,
                    dtype: str = "float32") -> dict[str, Any]:
     """The (dim,) weighted mean vector of ``tokens``, as gensim's ``get_mean_vector``."""
-    tokens = check_document(tokens, app.conf.vectorstore_max_tokens)
+    tokens = check_document(tokens, app.conf.vectorstore_max_tokens,
+                            max_chars=app.conf.vectorstore_max_token_chars)
     w = check_weights(weights, len(tokens))
     opts = _options(None, "zero", dtype, False)
     flags = [check_flag(n, v) for n, v in (("pre_normalize", pre_normalize),
@@ -182,5 +187,6 @@ def embed_document(tokens: list[str], model: Optional[str] = None,
                                             ("ignore_missing", ignore_missing))]
     kv = store(model)
     mean, missing = mean_vector(kv, tokens, w, *flags)
-    return pack(mean.astype(opts.dtype), missing, [tokens[i] for i in missing],
-                kv.name, kv.version)
+    oov_tokens = [tokens[i] for i in missing]
+    check_size(mean.shape, opts.dtype, app.conf.vectorstore_max_result_bytes, oov=oov_tokens)
+    return pack(mean.astype(opts.dtype), missing, oov_tokens, kv.name, kv.version)
