@@ -680,3 +680,44 @@ def test_names_are_validated(client: redis.Redis) -> None:
         load(synthetic_kv(count=5), "bad:name", client=client, progress=False)
     with pytest.raises(ValueError, match="unsupported dtype"):
         load(synthetic_kv(count=5), "m", client=client, progress=False, dtype="int8")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_packed_batches_are_hiredis_bytes_and_the_checksum_input(dtype: str) -> None:
+    """The loader's own MSETNX packing equals hiredis', its hash input the checksum definition."""
+    import hiredis
+
+    from vectorstore.codec import Codec
+
+    codec = Codec(5, dtype)
+    tokens = SPECIAL_TOKENS + ["x" * 300, "y" * 9, "z"]
+    raw = [t.encode() for t in tokens]
+    vectors = np.random.default_rng(0).normal(size=(len(raw), 5)).astype(np.float32)
+    packer = loader._Packer(b"vs:m:3:", codec)
+    for first in (0, 4_000_000_000):
+        command, hashed = packer.pack(raw, vectors, first)
+        values = codec.encode(vectors, start=first)
+        assert command == hiredis.pack_command(
+            ("MSETNX", *[v for t, value in zip(raw, values, strict=True)
+                         for v in (b"vs:m:3:" + t, value)]))
+        assert hashed == b"".join(t + b"\n" + v[:codec.payload]
+                                  for t, v in zip(raw, values, strict=True))
+    assert loader._utf8(tokens) == raw
+
+
+def test_checksum_is_blake2b_of_tokens_and_vectors(client: redis.Redis, tmp_path: Path) -> None:
+    """Per record, in order: token, "\\n", stored vector bytes: models loaded before verify."""
+    import hashlib
+
+    kv = synthetic_kv(count=2500, dim=24, tokens=SPECIAL_TOKENS + [f"w{i}" for i in range(2500)])
+    path = tmp_path / "m.bin"
+    kv.save_word2vec_format(str(path), binary=True)
+    for dtype in ("float32", "float16"):
+        meta = load(path, "sum", client=client, progress=False, batch_size=333, dtype=dtype,
+                    grace=0)
+        digest = hashlib.blake2b()
+        for token, vector in zip(kv.index_to_key, kv.vectors, strict=True):
+            stored = vector.astype({"float32": "<f4", "float16": "<f2"}[dtype]).tobytes()
+            digest.update(token.encode() + b"\n" + stored)
+        assert meta.checksum == digest.hexdigest()
+        assert verify("sum", client=client).ok

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -199,3 +200,49 @@ def test_format_names_are_validated() -> None:
         open_vectors(TEST_DATA / "lee_fasttext.vec", "csv")
     with pytest.raises(ValueError, match="batch_size"):
         open_vectors(TEST_DATA / "lee_fasttext.vec", batch_size=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_binary_records_of_every_shape_match_gensim(tmp_path: Path, batch_size: int) -> None:
+    """Usual records (read by regular expressions) and unusual ones (one by one) mixed,
+    across buffer refills: "\\n" after a vector or not, "\\n\\n" before a token, tokens
+    longer than the fast path takes, vector bytes holding spaces and newlines."""
+    dim = 64
+    rng = np.random.default_rng(3)
+    count = 6000  # ~1.6 MB: more than one read of the file
+    tokens = [f"t{i}" + "é" * int(rng.integers(0, 4)) for i in range(count)]
+    tokens[5], tokens[4000] = "L" * 40_000, "M" * 33_000
+    vectors = rng.normal(size=(count, dim)).astype("<f4")
+    vectors[7] = np.frombuffer(b" \n \n" * dim, "<f4")  # bytes of a vector: spaces, newlines
+    parts = [f"{count} {dim}\n".encode()]
+    for i, token in enumerate(tokens):
+        lead = b"\n\n" if i % 997 == 3 else b"\n" if i % 3 == 0 and i else b""
+        parts.append(lead + token.encode() + b" " + vectors[i].tobytes())
+    path = tmp_path / "mixed.bin"
+    path.write_bytes(b"".join(parts))
+    expected = KeyedVectors.load_word2vec_format(str(path), binary=True)
+    assert expected.index_to_key == tokens
+    got_tokens, got = read_all(open_vectors(path, batch_size=batch_size))
+    assert got_tokens == tokens
+    np.testing.assert_array_equal(got, expected.vectors)
+    limited, _ = read_all(open_vectors(path, batch_size=batch_size, limit=4001))
+    assert limited == tokens[:4001]
+
+
+def test_binary_reader_errors_name_the_record_after_usual_ones(tmp_path: Path) -> None:
+    dim = 4
+    def records(names: range) -> bytes:
+        return b"".join(b"w%d " % i + np.arange(dim, dtype="<f4").tobytes() for i in names)
+
+    cases = {
+        b"5\xff ": "record 51: token b'5\\xff' is not valid UTF-8",
+        b"\n\nw1 ": "record 51: duplicate token 'w1' (first at record 2)",
+        b"a\nb ": "record 51: token 'a\\nb' contains a newline",
+        b" ": "record 51: empty token",
+    }
+    for bad, message in cases.items():
+        path = tmp_path / "bad.bin"
+        path.write_bytes(b"60 4\n" + records(range(50)) + bad + np.zeros(dim, "<f4").tobytes()
+                         + records(range(100, 109)))
+        with pytest.raises(LoadError, match=re.escape(message)):
+            read_all(open_vectors(path, batch_size=100))

@@ -23,15 +23,16 @@ Any error or Ctrl-C, in the index build too, deletes the new version's keys
 (and its partial index) and releases the lock; a SIGKILLed load leaves keys
 nobody sees, removed by the next load.
 
-Parsing and hashing run in the caller's thread (text: polars on a parser
-thread, see :mod:`vectorstore.readers`), sending on a writer thread of its own.
-Measured on 2 cores shared with other jobs (load average ~6) into a local
-Redis 8.2, 200k x 300 float32: word2vec binary 65-98k vectors/s (loader
-~1.4 CPU-s per 200k: ~0.65 the binary reader's per-record Python, ~0.5
-encoding, key names and checksum, ~0.3 packing MSETNX; Redis ~0.35), fastText
-.vec text 40-52k/s (loader ~4.2 CPU-s, polars threads included; gensim's
-text loader on the same file: 3.0k/s, 36 CPU-s), GloVe with tokens holding
-spaces 33-43k/s; the loader's RSS stays ~150-230 MiB whatever the file size.
+Parsing and packing run in the caller's thread (text: polars on a parser
+thread, see :mod:`vectorstore.readers`), sending and hashing on a writer
+thread of its own. Measured on 2 cores shared with other jobs (load average
+3-5, another Redis using ~1.4 cores) into a local Redis 8.2, 200k x 300
+float32: word2vec binary 135-165k vectors/s (loader ~0.9 CPU-s per 200k:
+~0.25 reading, ~0.25 packing the MSETNX commands and the checksum input, ~0.3
+hashing, ~0.1 sending; Redis ~0.34), fastText .vec text 40-52k/s (loader ~4.2
+CPU-s, polars threads included; gensim's text loader on the same file: 3.0k/s,
+36 CPU-s), GloVe with tokens holding spaces 33-43k/s; the loader's RSS stays
+~150-230 MiB whatever the file size.
 
 >>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
 >>> meta.count, meta.dim
@@ -46,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -449,10 +451,10 @@ class _TokenCheck:
 def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Codec,
            lock: Lock, progress: bool) -> tuple[int, str]:
     """Write every batch of ``reader`` as ``version``; return (count, checksum)."""
-    token_prefix = keys.token_prefix(version)
     pending: list[str] = []  # tokens of the index->token chunk being filled
     chunk = count = 0
-    writer = _Writer(r, reader, codec)
+    packer = _Packer(keys.token_prefix(version), codec)
+    writer = _Writer(r, reader, codec, packer.prefix)
     try:
         with tqdm(total=reader.count, unit=" vectors", unit_scale=True, disable=not progress,
                   desc=f"loading {keys.name}", mininterval=0.5) as bar:
@@ -460,51 +462,102 @@ def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Code
                 lock.check()
                 if codec.dtype == "float16":
                     _check_float16(reader, vectors, first)
-                raw = [t.encode() for t in tokens]
-                values = codec.encode(vectors, start=first)
+                raw = _utf8(tokens)
                 pending += tokens
                 chunks = []
                 while len(pending) >= I2K_CHUNK:
                     chunks.append((keys.i2k(version, chunk), "\n".join(pending[:I2K_CHUNK])))
                     del pending[:I2K_CHUNK]
                     chunk += 1
-                writer.send(_Job(first, tokens, [token_prefix + t for t in raw], values, chunks,
-                                 _checksum_input(raw, values, codec.payload)))
+                writer.send(_Job(first, tokens, raw, *packer.pack(raw, vectors, first), chunks))
                 count += len(raw)
                 bar.update(len(raw))
             if pending:
                 last = (keys.i2k(version, chunk), "\n".join(pending))
-                writer.send(_Job(count, [], [], [], [last], b""))
+                writer.send(_Job(count, [], [], b"", b"", [last]))
             writer.close()
     finally:
         writer.stop()
     return count, writer.digest.hexdigest()
 
 
+def _utf8(tokens: list[str]) -> list[bytes]:
+    """``[t.encode() for t in tokens]`` in one step (the readers refuse tokens with ``"\\n"``)."""
+    return "\n".join(tokens).encode().split(b"\n") if tokens else []
+
+
+class _Packer:
+    """The ``MSETNX`` command and the checksum input of a batch, without a Python step per record.
+
+    The values are framed in one array (:meth:`Codec.frame`), cut by one
+    ``re.findall`` and interleaved with the key names by list slice assignment,
+    so a batch costs a few C-level passes over its bytes: at 300-d, ~0.25 CPU-s
+    per 200k vectors where ``hiredis.pack_command`` and one slice per value took
+    ~0.8. The bytes are exactly ``hiredis.pack_command(("MSETNX", name, value,
+    ...))`` and :func:`_checksum_input` (tests compare them).
+
+    >>> cmd, hashed = _Packer(b"p:", Codec(1)).pack([b"a"], np.ones((1, 1), np.float32), 0)
+    >>> cmd
+    b'*3\\r\\n$6\\r\\nMSETNX\\r\\n$3\\r\\np:a\\r\\n$8\\r\\n\\x00\\x00\\x80?\\x00\\x00\\x00\\x00\\r\\n'
+    >>> hashed
+    b'a\\n\\x00\\x00\\x80?'
+    """
+
+    def __init__(self, prefix: bytes, codec: Codec) -> None:
+        self.prefix, self.codec = prefix, codec
+        self._value_head = b"\r\n$%d\r\n" % codec.size  # ends the name, starts the value
+        width = len(self._value_head) + codec.size + 2
+        self._values = re.compile(rb"(?s).{%d}" % width)
+        # the value head ends with "\n", which the checksum puts between token and vector
+        self._hashed = re.compile(rb"(?s).{%d}(.{%d}).{%d}"
+                                  % (len(self._value_head) - 1, codec.payload + 1, 4 + 2))
+        self._name_heads: dict[int, bytes] = {}  # "$<length of name>\r\n<prefix>" by token length
+
+    def pack(self, raw: list[bytes], vectors: np.ndarray, first: int) -> tuple[bytes, bytes]:
+        """``(MSETNX command, checksum input)`` for tokens ``raw`` and their ``vectors``."""
+        if not raw:
+            return b"", b""
+        framed = memoryview(self.codec.frame(vectors, first, self._value_head, b"\r\n").reshape(-1))
+        lengths = list(map(len, raw))
+        for n in set(lengths).difference(self._name_heads):
+            self._name_heads[n] = b"$%d\r\n" % (len(self.prefix) + n) + self.prefix
+        command: list[bytes] = [b""] * (3 * len(raw) + 1)
+        command[0] = b"*%d\r\n$6\r\nMSETNX\r\n" % (2 * len(raw) + 1)
+        command[1::3] = map(self._name_heads.__getitem__, lengths)
+        command[2::3] = raw
+        command[3::3] = self._values.findall(framed)
+        hashed: list[bytes] = [b""] * (2 * len(raw))
+        hashed[::2] = raw
+        hashed[1::2] = self._hashed.findall(framed)
+        return b"".join(command), b"".join(hashed)
+
+
 @dataclass
 class _Job:
-    """One batch, ready to send: vector keys and values, index->token chunks, hash input."""
+    """One batch, ready to send: its tokens, packed MSETNX, hash input, index->token chunks."""
 
     first: int
     tokens: list[str]
-    names: list[bytes]
-    values: list[bytes]
-    chunks: list[tuple[str, str]]
+    raw: list[bytes]
+    command: bytes
     hashed: bytes
+    chunks: list[tuple[str, str]]
 
 
 class _Writer:
     """Writes jobs in order from a thread and a connection of its own.
 
     The thread sends a job before reading the replies to the previous one, so
-    the caller's parsing, the network and Redis all work at once. Errors of the
-    thread, such as a duplicate token found by ``MSETNX``, are raised in the
-    caller at its next :meth:`send` or at :meth:`close`. Once :meth:`stop`
-    returns, Redis has executed everything that was sent.
+    the caller's parsing, the network and Redis all work at once; it also hashes
+    (blake2b releases the GIL). Errors of the thread, such as a duplicate token
+    found by ``MSETNX``, are raised in the caller at its next :meth:`send` or at
+    :meth:`close`. Once :meth:`stop` returns, Redis has executed everything that
+    was sent.
     """
 
-    def __init__(self, r: redis.Redis, reader: Reader, codec: Codec, depth: int = 4) -> None:
-        self.r, self.reader, self.codec = r, reader, codec
+    def __init__(self, r: redis.Redis, reader: Reader, codec: Codec, prefix: bytes,
+                 depth: int = 4) -> None:
+        self.r, self.reader, self.codec, self.prefix = r, reader, codec, prefix
         self.digest = hashlib.blake2b()
         self._conn = r.connection_pool.get_connection()
         self._jobs: queue.Queue[_Job | None] = queue.Queue(depth)
@@ -553,19 +606,15 @@ class _Writer:
 
     @staticmethod
     def _pack(job: _Job) -> list[bytes]:
-        packed = []
-        if job.names:
-            args: list[Any] = [b""] * (2 * len(job.names) + 1)
-            args[0], args[1::2], args[2::2] = b"MSETNX", job.names, job.values
-            packed.append(hiredis.pack_command(tuple(args)))
+        packed = [job.command] if job.raw else []
         packed += [hiredis.pack_command(("SET", key, tokens)) for key, tokens in job.chunks]
         return packed
 
     def _finish(self, job: _Job) -> None:
         """Read the replies to ``job``; hash it, or raise for a duplicate token."""
-        replies = [self._conn.read_response() for _ in range(bool(job.names) + len(job.chunks))]
-        if job.names and not replies[0]:
-            existing = self.r.mget(job.names)
+        replies = [self._conn.read_response() for _ in range(bool(job.raw) + len(job.chunks))]
+        if job.raw and not replies[0]:
+            existing = self.r.mget([self.prefix + t for t in job.raw])
             i = next(i for i, v in enumerate(existing) if v is not None)
             earlier = int(self.codec.decode_indexes([existing[i]])[0])
             raise self.reader.error(job.first + i, f"duplicate token {job.tokens[i]!r} "
@@ -598,8 +647,8 @@ def _write_ngrams(r: redis.Redis, keys: Keys, version: int, reader: FastTextRead
                   codec: Codec, lock: Lock, progress: bool) -> dict[str, str]:
     """Write every n-gram bucket row of ``reader`` as ``version``; return its metadata fields."""
     assert reader.params is not None
-    prefix = keys.ngram_prefix(version)
-    writer = _Writer(r, reader, codec)
+    packer = _Packer(keys.ngram_prefix(version), codec)
+    writer = _Writer(r, reader, codec, packer.prefix)
     try:
         with tqdm(total=reader.params.bucket, unit=" buckets", unit_scale=True,
                   disable=not progress, desc=f"n-grams {keys.name}", mininterval=0.5) as bar:
@@ -607,10 +656,8 @@ def _write_ngrams(r: redis.Redis, keys: Keys, version: int, reader: FastTextRead
                 lock.check()
                 _check_ngrams(reader, rows, first, codec.dtype)
                 numbers = [str(b) for b in range(first, first + len(rows))]
-                values = codec.encode(rows, start=first)
-                raw = [n.encode() for n in numbers]
-                writer.send(_Job(first, numbers, [prefix + n for n in raw], values, [],
-                                 _checksum_input(raw, values, codec.payload)))
+                raw = _utf8(numbers)
+                writer.send(_Job(first, numbers, raw, *packer.pack(raw, rows, first), []))
                 bar.update(len(rows))
             writer.close()
     finally:

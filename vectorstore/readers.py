@@ -306,40 +306,89 @@ class BinaryReader(Reader):
             buf += more
 
     def _batches(self) -> Iterator[Batch]:
-        vbytes, buf, pos = self.dim * 4, self._buf, 0
+        buf, pos, eof = self._buf, 0, False
         self._buf = b""
-        view, find, size = memoryview(buf), buf.find, len(buf)
         for first in range(0, self.count, self.batch_size):
-            raw: list[bytes] = []
-            vectors: list[memoryview] = []
-            add_token, add_vector = raw.append, vectors.append
-            for record in range(first, min(first + self.batch_size, self.count)):
-                space = find(b" ", pos, pos + _MAX_TOKEN_BYTES)
-                end = space + 1 + vbytes
-                if space < 0 or end > size:
-                    buf, pos = self._refill(buf, pos, record), 0
-                    view, find, size = memoryview(buf), buf.find, len(buf)
-                    space = find(b" ")
-                    end = space + 1 + vbytes
-                add_token(buf[pos:space])
-                add_vector(view[space + 1:end])
-                pos = end
-            matrix = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(raw), self.dim)
+            want = min(self.batch_size, self.count - first)
+            if not eof and len(buf) - pos < want * (self.dim * 4 + 2) + _MAX_TOKEN_BYTES:
+                more = _read(self._file, max(_CHUNK_BYTES, 2 * want * (self.dim * 4 + 32)),
+                             self.where(first))
+                self._offset += pos
+                buf, pos, eof = buf[pos:] + more, 0, not more
+            raw, matrix, pos = self._regular(buf, pos, want)
+            if len(raw) < want:  # the buffer's end, or an unusual record: one by one
+                vectors: list[memoryview] = []
+                buf, pos = self._irregular(buf, pos, first + len(raw), first + want, raw,
+                                           vectors)
+                rest = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(-1, self.dim)
+                matrix = np.concatenate([matrix, rest]) if len(matrix) else rest
             yield Batch(self._decode(raw, first), matrix, first)
 
+    def _regular(self, buf: bytes, pos: int, want: int) -> tuple[list[bytes], np.ndarray, int]:
+        """Tokens, vectors and end of the usual records among the next ``want``.
+
+        Two regular expressions work in C: one matches the run of usual records
+        from ``pos`` (an optional ``"\\n"``, a token without space or newline, a
+        space, the vector), the other lists the run's tokens; their lengths give
+        where each vector is, and one numpy gather copies them all. A Python loop
+        over the records took ~0.65 CPU-s per 200k x 300; this, ~0.15.
+        """
+        vbytes = self.dim * 4
+        run = _record_run(vbytes, want).match(buf, pos)
+        if run is None:
+            return [], np.empty((0, self.dim), dtype="<f4"), pos
+        raw = _record_token(vbytes).findall(buf, pos, run.end())  # with their "\n", if any
+        ends = pos + np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)) + (1 + vbytes))
+        windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(buf, np.uint8), vbytes)
+        tokens = list(filter(None, b"\n".join(raw).split(b"\n")))  # tokens are not empty
+        return tokens, windows[ends - vbytes].view("<f4"), run.end()
+
+    def _irregular(self, buf: bytes, pos: int, start: int, stop: int, raw: list[bytes],
+                   vectors: list[Any]) -> tuple[bytes, int]:
+        """Append records ``start``..``stop`` read one by one to ``raw`` and ``vectors``."""
+        vbytes, view, find, size = self.dim * 4, memoryview(buf), buf.find, len(buf)
+        for record in range(start, stop):
+            space = find(b" ", pos, pos + _MAX_TOKEN_BYTES)
+            end = space + 1 + vbytes
+            if space < 0 or end > size:
+                buf, pos = self._refill(buf, pos, record), 0
+                view, find, size = memoryview(buf), buf.find, len(buf)
+                space = find(b" ")
+                end = space + 1 + vbytes
+            # the C tool ends each vector with "\n": it shows up before the next token
+            raw.append(buf[pos:space].lstrip(b"\n"))
+            vectors.append(view[space + 1:end])
+            pos = end
+        return buf, pos
+
     def _decode(self, raw: list[bytes], first: int) -> list[str]:
-        # the C tool ends each vector with "\n": it shows up before the next token
-        stripped = [t.lstrip(b"\n") for t in raw]
         try:
-            return [t.decode("utf-8") for t in stripped]
+            tokens = b"\n".join(raw).decode("utf-8").split("\n")  # one decode per batch
         except UnicodeDecodeError:
-            for i, t in enumerate(stripped):
+            for i, t in enumerate(raw):
                 try:
                     t.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise self.error(first + i, f"token {t!r} is not valid UTF-8 "
                                      f"({exc.reason} at byte {exc.start})") from None
             raise
+        if len(tokens) != len(raw):  # a token holds a newline: refused by _check_batch
+            return [t.decode("utf-8") for t in raw]
+        return tokens
+
+
+@functools.lru_cache(maxsize=8)
+def _record_token(vbytes: int) -> re.Pattern[bytes]:
+    """A usual word2vec binary record of ``vbytes`` vector bytes; its group: the
+    token and the ``"\\n"`` before it, if any."""
+    return re.compile(rb"(\n?[^ \n]{1,%d}) (?s:.{%d})" % (_MAX_TOKEN_BYTES // 2, vbytes))
+
+
+@functools.lru_cache(maxsize=8)
+def _record_run(vbytes: int, count: int) -> re.Pattern[bytes]:
+    """Up to ``count`` consecutive usual records (see :func:`_record_token`)."""
+    return re.compile(rb"(?:\n?[^ \n]{1,%d} (?s:.{%d})){1,%d}"
+                      % (_MAX_TOKEN_BYTES // 2, vbytes, count))
 
 
 class TextReader(Reader):
@@ -656,9 +705,9 @@ def _check_batch(reader: Reader, batch: Batch) -> None:
     tokens, vectors, first = batch
     if "" in tokens:
         raise reader.error(first + tokens.index(""), "empty token")
-    for i, token in enumerate(tokens):
-        if "\n" in token:
-            raise reader.error(first + i, f"token {token!r} contains a newline")
+    if "\n" in "".join(tokens):
+        i = next(i for i, token in enumerate(tokens) if "\n" in token)
+        raise reader.error(first + i, f"token {tokens[i]!r} contains a newline")
     if len(set(tokens)) != len(tokens):
         seen: dict[str, int] = {}
         for i, token in enumerate(tokens):
