@@ -1,8 +1,8 @@
 """The main job, end to end, on an embedded Redis 8 (or yours).
 
 1. start the embedded Redis 8 (unless VECTORSTORE_URL and CELERY_BROKER_URL are set);
-2. load a real model shipped with gensim (fastText vectors of the Lee corpus)
-   and build its similarity index;
+2. load a real model shipped with gensim (the fastText model of the Lee corpus,
+   with its subword n-gram vectors) and build its similarity index;
 3. start ``celery -A tasks worker --autoscale=4,1``;
 4. send one ``tasks.vectorize_document`` per document of the Lee corpus, by name;
 5. print a summary, and a ``most_similar`` computed inside Redis;
@@ -15,6 +15,7 @@ Run it with ``scripts/demo`` (which makes the virtual environment first).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -25,8 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gensim
+import numpy as np
 import psutil
 import redis
+from celery import Celery
 from tqdm import tqdm
 
 from tasks import as_array
@@ -40,7 +43,7 @@ from vectorstore.server import EmbeddedRedis
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(gensim.__file__).parent / "test" / "test_data"
 MODEL, CORPUS = "lee", DATA / "lee_background.cor"
-MODEL_FILE = Path(os.environ.get("VECTORSTORE_DEMO_MODEL") or DATA / "lee_fasttext.vec")
+MODEL_FILE = Path(os.environ.get("VECTORSTORE_DEMO_MODEL") or DATA / "lee_fasttext.bin")
 # A word whose neighbours in this small model (1,762 words trained on the Lee
 # corpus, a year of Australian news about bushfires) show what it learnt.
 QUERY = "fire"
@@ -100,6 +103,21 @@ def corpus() -> list[list[str]]:
     return [line.split() for line in CORPUS.read_text().splitlines() if line.strip()]
 
 
+def vectorize_all(app: Celery, docs: list[list[str]], oov: str) -> tuple[list[np.ndarray], int]:
+    """One ``tasks.vectorize_document`` per document, sent by name: (matrices, OOV tokens).
+
+    The results are collected here, while Redis still runs: each unsubscribes
+    from its result channel when it goes, and they sit in reference cycles that
+    only the garbage collector frees (at exit, with Redis gone, each would retry
+    its unsubscribe for seconds)."""
+    pending = [app.send_task("tasks.vectorize_document", [doc], {"model": MODEL, "oov": oov})
+               for doc in docs]
+    raw = [r.get(timeout=120) for r in tqdm(pending, desc="documents", unit="doc")]
+    del pending
+    gc.collect()
+    return [as_array(r) for r in raw], sum(len(r["missing"]) for r in raw)
+
+
 def main() -> None:
     with redis_urls() as (store_url, broker_url):
         print(f"loading {MODEL_FILE.name} ...", flush=True)
@@ -108,6 +126,9 @@ def main() -> None:
         build_index(MODEL, url=store_url)
         print(f"model {MODEL!r}: {meta.count} x {meta.dim} from {MODEL_FILE.name}, "
               f"stored in {redact(store_url)}", flush=True)
+        kv = RedisKeyedVectors(MODEL, url=store_url)
+        # fastText: words outside the vocabulary get the mean of their n-gram vectors
+        policy = "subword" if kv.subwords is not None else "zero"
         docs = corpus()
         app = client_app(broker_url, os.environ.get("CELERY_RESULT_BACKEND", broker_url))
         log = Path(tempfile.gettempdir()) / "vectorstore-demo-worker.log"
@@ -117,28 +138,25 @@ def main() -> None:
                 time.sleep(0.2)
             print(f"sending {len(docs)} documents ...", flush=True)
             start = time.perf_counter()
-            pending = [app.send_task("tasks.vectorize_document", [doc], {"model": MODEL})
-                       for doc in docs]
-            results = [as_array(r.get(timeout=120))
-                       for r in tqdm(pending, desc="documents", unit="doc")]
-            raw = [r.result for r in pending]
+            results, missing = vectorize_all(app, docs, policy)
             elapsed = time.perf_counter() - start
             main_rss, processes, uss = pool_memory(proc)
         tokens = sum(len(d) for d in docs)
-        oov = sum(len(r["missing"]) for r in raw)
         client = redis.Redis.from_url(store_url, socket_timeout=5)
         used = client.info("memory")["used_memory"]
         client.close()
-        kv = RedisKeyedVectors(MODEL, url=store_url)
-        print(f"\n{len(docs)} documents, {tokens} tokens, OOV rate {oov / tokens:.1%}, "
+        print(f"\n{len(docs)} documents, {tokens} tokens, OOV rate {missing / tokens:.1%}, "
               f"{len(docs) / elapsed:.0f} documents/s ({tokens / elapsed:.0f} tokens/s)")
         print("  (OOV: words the model dropped as too rare when it was trained; the corpus is "
-              "split on whitespace, as the model was)")
+              "split on whitespace, as the model was; "
+              + ("each OOV word got its fastText subword vector, no zero rows)"
+                 if policy == "subword" else "OOV words are zero rows)"))
         print(f"matrices: {results[0].shape} ... {results[-1].shape}, float32")
         print(f"worker: main process {main_rss / 2**20:.0f} MiB RSS, {processes} pool processes "
               f"of at most {uss / 2**20:.0f} MiB private memory each (log: {log})")
-        print(f"model: {meta.count * meta.dim * 4 / 2**20:.2f} MiB of float32 vectors, held once "
-              f"in Redis ({used / 2**20:.1f} MiB used); worker memory does not grow with it")
+        rows = meta.count + (kv.subwords.bucket if kv.subwords is not None else 0)
+        print(f"model: {rows * meta.dim * 4 / 2**20:.2f} MiB of float32 vectors (words and n-grams), "
+              f"held once in Redis ({used / 2**20:.1f} MiB used); worker memory does not grow with it")
         print(f"most_similar({QUERY!r}) computed in Redis:")
         for token, score in kv.most_similar(QUERY, topn=5):
             print(f"  {token:<16} {score:.3f}")

@@ -50,6 +50,7 @@ def test_demo_from_a_fresh_virtual_environment(tmp_path: Path) -> None:
     # whitespace tokens, as the model was trained: 59,890 tokens, 23.1% dropped as rare
     assert int(summary[1]) == 300 and int(summary[2]) == 59_890
     assert 20 < float(summary[3]) < 26
+    assert "each OOV word got its fastText subword vector, no zero rows" in out.stdout
     assert "most_similar('fire') computed in Redis:" in out.stdout
     neighbours = re.findall(r"^  (\S+)\s+(0\.\d{3})$", out.stdout, re.M)
     assert len(neighbours) == 5 and neighbours[0][0] == "fires", out.stdout
