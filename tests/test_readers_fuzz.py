@@ -211,7 +211,7 @@ def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, l
     """When polars accepts a block, its tokens and values are the Python parser's, bit for bit."""
     dim = 3
     lines = [(token + sep + " ".join(fields) + end).encode() for token, fields, sep, end in rows]
-    fast = readers._parse_regular(lines, dim)
+    fast = readers._parse_regular(b"".join(lines), len(lines), dim)
     if fast is None:
         return
     with tempfile.TemporaryDirectory() as directory:
