@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 from celery import Celery
 from acl_users import README_ACL
-from conftest import synthetic_kv
+from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 
 from tasks.client import client_app
@@ -158,6 +159,7 @@ def _model_files(where: Path) -> None:
         for token in ["a b", "c . d"] + kv.index_to_key:  # GloVe 840B has tokens with spaces
             vec = kv[token] if token in kv else np.ones(300, dtype=np.float32)
             f.write(token + " " + " ".join(f"{x:.6f}" for x in vec) + "\n")
+    shutil.copy(TEST_DATA / "lee_fasttext.bin", where / "lee_fasttext.bin")
     with gzip.open(where / "cc.en.300.vec.gz", "wt") as f:
         f.write(f"{len(kv)} 300\n")
         for token in kv.index_to_key:
