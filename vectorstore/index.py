@@ -38,11 +38,12 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import hiredis
 import numpy as np
 import redis
+from redis.connection import Connection
 from tqdm import tqdm
 
 from .codec import Meta
@@ -224,7 +225,7 @@ def read_status(call: Call, keys: Keys, version: int) -> IndexStatus:
     running = f["index_state"] != "ready" and bool(call("EXISTS", keys.vset_lock(version)))
     return IndexStatus(version, state=f["index_state"], quantization=f["index_quantization"] or "",
                        build=f["index_build"] or "", error=f["index_error"] or "",
-                       running=running, **ints, **floats)
+                       running=running, **ints, **floats)  # type: ignore[arg-type]
 
 
 def index_memory(call: Call, keys: Keys, version: int) -> Optional[int]:
@@ -374,7 +375,7 @@ class _Build:
                     "index_done": self.meta.count}
             if self._swap(keys=[self.keys.meta(self.version), self.target,
                                 self.keys.vset(self.version)],
-                          args=[x for kv in done.items() for x in kv]) == -1:
+                          args=[str(x) for kv in done.items() for x in kv]) == -1:
                 raise _VersionGone()
         except _VersionGone:
             self.r.unlink(self.target)
@@ -415,8 +416,9 @@ class _Build:
                     for first in range(0, self.meta.count, I2K_CHUNK):
                         self.lock.check()
                         raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
-                        tokens = raw.split(b"\n") if raw is not None else []
-                        values = self.r.mget([token_prefix + t for t in tokens]) if tokens else []
+                        tokens: list[bytes] = raw.split(b"\n") if isinstance(raw, bytes) else []
+                        values: list[Any] = (self.r.mget([token_prefix + t for t in tokens])
+                                             if tokens else [])
                         if not tokens or None in values:
                             raise _VersionGone()
                         vectors = codec.decode(values)
@@ -450,7 +452,7 @@ class _Build:
         """VADD one chunk in one round trip, on this thread's own connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self.r.connection_pool.make_connection()
+            conn = self._local.conn = cast(Connection, self.r.connection_pool.make_connection())
             self._conns.append(conn)
         opts = ["CAS", QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
         blobs = vectors.astype("<f4", copy=False)

@@ -95,7 +95,7 @@ class Lock:
             raw = self.r.get(self.key)
             if raw is None:
                 continue
-            holder = raw.decode(errors="replace")
+            holder = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
             if not _dead_here(holder):
                 ttl = self.r.pttl(self.key)
                 raise self.error(

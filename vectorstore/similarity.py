@@ -196,6 +196,11 @@ class SimilarityMixin:
         def get_vector(self, key: Key, norm: bool = False) -> np.ndarray: ...
         def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
                           norm: bool) -> dict[int, np.ndarray]: ...
+        # gensim's KeyedVectors helpers
+        def cosine_similarities(self, vector_1: np.ndarray, vectors_all: np.ndarray) -> np.ndarray: ...
+        def _log_evaluate_word_analogies(self, section: dict[str, Any]) -> float: ...
+        def log_evaluate_word_pairs(self, pearson: Any, spearman: Any, oov: float,
+                                    pairs: str) -> None: ...
 
     # --- search ---------------------------------------------------------------------
 
@@ -573,7 +578,7 @@ class SimilarityMixin:
             best = _ranked(rows.indexes, scores, exclude, topn)
             if any(len(names) < count for names, _ in found):
                 return rows.best(scores, exclude, topn)  # one search saw every element
-            limit = bound([float(cos.min()) + e for (_, cos), e in zip(found, errors)])
+            limit = bound([float(cos.min()) + (e or 0.0) for (_, cos), e in zip(found, errors)])
             if len(best) == topn and scores[best[-1]] > limit:
                 return rows.best(scores, exclude, topn)
             count *= EXACT_GROWTH
@@ -761,7 +766,7 @@ class SimilarityMixin:
         return mean, [int(i) for i in indexes if i >= 0]
 
 
-def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray, post_normalize: bool,
+def weighted_mean(rows: Sequence[np.ndarray] | np.ndarray, weights: np.ndarray, post_normalize: bool,
                   dim: int | None = None) -> np.ndarray:
     """gensim's ``get_mean_vector`` sum: in order, float32 accumulator, weights as given,
     divided by the sum of their absolute values; ``dim`` sizes an empty ``rows``' mean.
