@@ -246,3 +246,21 @@ def test_binary_reader_errors_name_the_record_after_usual_ones(tmp_path: Path) -
                          + records(range(100, 109)))
         with pytest.raises(LoadError, match=re.escape(message)):
             read_all(open_vectors(path, batch_size=100))
+
+
+@pytest.mark.parametrize("every", [3, 700])
+@pytest.mark.parametrize("batch_size", [1, 64, 1000])
+def test_glove_blocks_with_spaced_tokens_dense_or_rare(tmp_path: Path, every: int,
+                                                       batch_size: int) -> None:
+    """Blocks mixing usual lines (polars) with spaced tokens (line by line), in order."""
+    dim, count = 20, 3000
+    vectors = np.random.default_rng(5).normal(size=(count, dim)).astype(np.float32)
+    tokens = [f"w{i} x" if i % every == 1 else f"w{i}" for i in range(count)]
+    tokens[2] = "new  york"  # two spaces: only the line-by-line parser reads it
+    path = tmp_path / "glove.txt"
+    path.write_text("".join(f"{t} {' '.join(map(repr, v.tolist()))}{' ' if i % 5 else ''}\n"
+                            for i, (t, v) in enumerate(zip(tokens, vectors, strict=True))),
+                    encoding="utf-8")
+    got_tokens, got = read_all(open_vectors(path, "glove", batch_size=batch_size))
+    assert got_tokens == tokens
+    np.testing.assert_array_equal(got, vectors)

@@ -23,16 +23,18 @@ Any error or Ctrl-C, in the index build too, deletes the new version's keys
 (and its partial index) and releases the lock; a SIGKILLed load leaves keys
 nobody sees, removed by the next load.
 
-Parsing and packing run in the caller's thread (text: polars on a parser
-thread, see :mod:`vectorstore.readers`), sending and hashing on a writer
-thread of its own. Measured on 2 cores shared with other jobs (load average
-3-5, another Redis using ~1.4 cores) into a local Redis 8.2, 200k x 300
-float32: word2vec binary 135-165k vectors/s (loader ~0.9 CPU-s per 200k:
-~0.25 reading, ~0.25 packing the MSETNX commands and the checksum input, ~0.3
-hashing, ~0.1 sending; Redis ~0.34), fastText .vec text 40-52k/s (loader ~4.2
-CPU-s, polars threads included; gensim's text loader on the same file: 3.0k/s,
-36 CPU-s), GloVe with tokens holding spaces 33-43k/s; the loader's RSS stays
-~150-230 MiB whatever the file size.
+Parsing and packing run in the caller's thread (text: polars on parser
+threads, see :mod:`vectorstore.readers`), sending and hashing on a writer
+thread of its own. Measured on this project's 2-core development machine
+into a local Redis 8.2, 300-d float32, CPU seconds per 200k vectors (the
+loader's process, all threads; then Redis): word2vec binary 0.8-0.9 + 0.3,
+220-285k vectors/s at 1M with load average ~1, 135-165k/s with ~1.4 cores
+taken by other jobs (reading ~0.25, packing the MSETNX commands and the
+checksum input ~0.25, hashing ~0.3, sending ~0.1); fastText .vec 3.8-4.1 +
+0.35 (polars ~2.3 of it), 74-78k/s at 1M with load average ~1 (gensim's text
+loader on the same file: 5.5-6k/s, 33-36 CPU-s); word2vec text the same;
+GloVe with one token in 1,000 holding a space ~4.1 (~70k/s). The loader's RSS
+stays ~165 MiB (binary) and ~235 MiB (text) at 1M, whatever the file size.
 
 >>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
 >>> meta.count, meta.dim
