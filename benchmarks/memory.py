@@ -18,6 +18,7 @@ average, since the machine may be shared.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import resource
 from collections.abc import Callable
@@ -145,6 +146,7 @@ def run(ctx: Context) -> None:
         ("GloVe", glove_file(m), "glove"),
     ]
     payload = {"float32": 4 * p.dim, "float16": 2 * p.dim}
+    importlib.import_module("polars")  # the text reader's parser: imported once per process
     busy = os.getloadavg()[0]
     loads = {label: _measure(_load(path, fmt), n) for label, path, fmt in files}
     gensim = {label: _gensim(path, fmt, n if fmt == "word2vec-binary" else share)
