@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import gc
 from pathlib import Path
 
 import gensim
@@ -12,6 +13,15 @@ import redis
 from vectorstore.server import EmbeddedRedis
 
 TEST_DATA = Path(gensim.__file__).parent / "test" / "test_data"
+
+
+@pytest.fixture(autouse=True)
+def _collect_task_results() -> Iterator[None]:
+    """Free each test's Celery AsyncResults while the test's Redis still runs: they sit in
+    reference cycles, and when the garbage collector frees one later, celery 5.6 unsubscribes
+    it from a Redis a module fixture has stopped, retrying for seconds."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

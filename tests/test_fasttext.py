@@ -234,6 +234,7 @@ def test_subword_lookup_is_one_more_mget_at_most(loaded: str, gensim_models: dic
     assert mgets(vocab[:50] + OOV * 3) == 2  # every OOV token's buckets in one MGET
     assert mgets(OOV) == 2
     kv = RedisKeyedVectors("lee-fasttext", url=loaded)  # with the caches of tokens and n-grams
+    kv.prewarm()  # the vocabulary's most frequent tokens, as a worker has them
     assert mgets(vocab[:50] + OOV) == 2
     assert mgets(OOV + vocab[:50]) == 0  # known OOV tokens, their n-grams cached: no round trip
     assert mgets(vocab[:60] + ["unseenwords"]) == 2
