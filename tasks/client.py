@@ -147,6 +147,10 @@ def wait(app: Celery, sent: Sent, timeout: float | None = 300.0,
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = left if interval is None else interval if left is None else min(interval, left)
             try:
+                # ready() reads the stored result: celery's result consumer drops the
+                # notices of results that arrived while it waited on another task, and
+                # get() would then wait a whole second to look
+                sent.result.ready()
                 return sent.result.get(timeout=step, propagate=False)
             except (redis.ConnectionError, redis.TimeoutError):
                 # Redis restarts: wait for it (each get() first reads the stored result)

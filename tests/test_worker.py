@@ -9,32 +9,41 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from celery import Celery
+from celery_helpers import WorkerProcess, frozen, wait_for
+from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 from gensim.utils import simple_preprocess
 
 from tasks import as_array, as_arrays
 from tasks.client import client_app, vectorize
-from tasks.errors import (DocumentTooLongError, InvalidDocumentError, InvalidOptionError,
-                          OutOfVocabularyError, ResultTooLargeError, UnknownModelError)
+from tasks.errors import (
+    DocumentTooLongError,
+    InvalidDocumentError,
+    InvalidOptionError,
+    OutOfVocabularyError,
+    ResultTooLargeError,
+    UndecodableTaskError,
+    UnknownModelError,
+)
 from vectorstore import StoreUnavailableError
 from vectorstore.loader import load
 from vectorstore.server import EmbeddedRedis, free_port
-
-from celery_helpers import WorkerProcess, frozen, wait_for
-from conftest import TEST_DATA, synthetic_kv
 
 ODD = ["a:b", "{x}", "#hash", "naïve", "東京", "emoji🙂", "a b", "vs:m:1:x", "-", "0"]
 LEE_VEC = TEST_DATA / "lee_fasttext.vec"
 DOCS = [simple_preprocess(line) for line in
         (TEST_DATA / "lee_background.cor").read_text().splitlines()[:60]]
 TIMEOUT = 30
+#: Tests that hold a task by freezing the store need processes whose cache starts empty.
+NO_PREWARM = {"VECTORSTORE_PREWARM": "0"}
 
 
 # --- fixtures ---------------------------------------------------------------------
@@ -69,8 +78,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def worker(broker: EmbeddedRedis, store: EmbeddedRedis, models: dict, log_dir: Path
            ) -> Iterator[WorkerProcess]:
-    """The worker most tests share: ``--autoscale=4,1``."""
-    with WorkerProcess("w1", broker.url, store.url, log_dir) as w:
+    """The worker most tests share: ``--autoscale=4,1``, caches not prewarmed."""
+    with WorkerProcess("w1", broker.url, store.url, log_dir, env=NO_PREWARM) as w:
         yield w
 
 
@@ -238,6 +247,19 @@ BAD = [
      "token 1 'qqq' is not in model 'm'"),
     ("embed_document", [["w1"]], {"post_normalize": 1}, InvalidOptionError,
      "post_normalize must be true or false"),
+    # inputs a fuzzing run found escaping validation (issue 13, item 5)
+    ("vectorize_document", [["\udcff"]], {}, InvalidDocumentError,
+     "token 0 of document '\\\\udcff' is not valid Unicode"),
+    ("vectorize_document", [["w1"]], {"dtype": {}}, InvalidOptionError, "dtype must be one of"),
+    ("vectorize_document", [["w1"]], {"oov": []}, InvalidOptionError, "oov must be one of"),
+    ("embed_document", [["w1"]], {"weights": [10**400]}, InvalidOptionError,
+     "weights must be finite numbers within float32's range"),
+    ("vectorize_document", [["x" * 1_000_001]], {}, InvalidDocumentError,
+     "token 0 of document has 1000001 characters, the limit is 1000"),
+    ("vectorize_document", [[{"__type__": "datetime", "__value__": "x"}]], {}, UndecodableTaskError,
+     "task arguments could not be decoded"),
+    ("vectorize_documents", [[[f"oov{i}" + "x" * 990 for i in range(9000)]]], {"dtype": "float16"},
+     ResultTooLargeError, r"bytes of OOV tokens\), over the 8\.0 MiB"),
 ]
 
 
@@ -377,7 +399,7 @@ def test_killed_worker_task_is_redelivered_after_visibility_timeout(
     has passed."""
     doc = [f"w{i}" for i in range(2600, 2700)]
     crashing = WorkerProcess("crashing", broker.url, store.url, log_dir, queues=["crash"],
-                             args=["--concurrency=1"])
+                             args=["--concurrency=1"], env=NO_PREWARM)
     with crashing:
         with frozen(store):
             result = client.send_task("tasks.vectorize_document", [doc], queue="crash")
