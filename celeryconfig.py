@@ -111,5 +111,6 @@ vectorstore_cache_bytes = default_cache_bytes()
 vectorstore_refresh = _number("VECTORSTORE_REFRESH", 1.0, float)
 vectorstore_prewarm = _number("VECTORSTORE_PREWARM", 1) > 0  # cache the top tokens before forking
 vectorstore_max_tokens = _number("VECTORSTORE_MAX_TOKENS", 10_000)
+vectorstore_max_token_chars = _number("VECTORSTORE_MAX_TOKEN_CHARS", MAX_TOKEN_CHARS)
 vectorstore_max_result_bytes = _number("VECTORSTORE_MAX_RESULT_BYTES", MAX_RESULT_BYTES)
 vectorstore_task_retries = _number("VECTORSTORE_TASK_RETRIES", 3)
