@@ -28,7 +28,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from celery import Celery, signals
@@ -37,8 +37,7 @@ from vectorstore import ModelNotFoundError, RedisKeyedVectors, StoreUnavailableE
 
 from .errors import TaskInputError, UnknownModelError
 from .results import check_size, pack
-from .validate import (Options, check_document, check_documents, check_flag, check_model,
-                       check_options, check_weights)
+from .validate import Options, check_document, check_documents, check_flag, check_model, check_options, check_weights
 from .vectorize import mean_vector, vectorize
 
 logger = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ def store(model: Any) -> RedisKeyedVectors:
                 name, conf.vectorstore_url, prefix=conf.vectorstore_prefix,
                 cache_bytes=conf.vectorstore_cache_bytes, refresh=conf.vectorstore_refresh)
     try:
-        kv.vector_size  # reads the model's alias and metadata (once per refresh period)
+        _ = kv.vector_size  # reads the model's alias and metadata (once per refresh period)
     except ModelNotFoundError as exc:
         with _stores_lock:
             _stores.pop(name, None)
@@ -123,8 +122,8 @@ def _options(max_len: Any, oov: Any, dtype: Any, normalize: Any) -> Options:
 
 
 @app.task(name="tasks.vectorize_document", **_TASK_OPTIONS)
-def vectorize_document(tokens: list[str], model: Optional[str] = None,
-                       max_len: Optional[int] = None, oov: str = "zero",
+def vectorize_document(tokens: list[str], model: str | None = None,
+                       max_len: int | None = None, oov: str = "zero",
                        dtype: str = "float32", normalize: bool = False) -> dict[str, Any]:
     """The (n, dim) matrix of ``tokens``, or (max_len, dim) cut or zero-padded.
 
@@ -145,8 +144,8 @@ def vectorize_document(tokens: list[str], model: Optional[str] = None,
 
 
 @app.task(name="tasks.vectorize_documents", **_TASK_OPTIONS)
-def vectorize_documents(docs: list[list[str]], model: Optional[str] = None,
-                        max_len: Optional[int] = None, oov: str = "zero",
+def vectorize_documents(docs: list[list[str]], model: str | None = None,
+                        max_len: int | None = None, oov: str = "zero",
                         dtype: str = "float32", normalize: bool = False) -> Any:
     """``vectorize_document`` for a batch, with one store lookup of all unique tokens.
 
@@ -173,8 +172,8 @@ def vectorize_documents(docs: list[list[str]], model: Optional[str] = None,
 
 
 @app.task(name="tasks.embed_document", **_TASK_OPTIONS)
-def embed_document(tokens: list[str], model: Optional[str] = None,
-                   weights: Optional[list[float]] = None, pre_normalize: bool = True,
+def embed_document(tokens: list[str], model: str | None = None,
+                   weights: list[float] | None = None, pre_normalize: bool = True,
                    post_normalize: bool = False, ignore_missing: bool = True,
                    dtype: str = "float32") -> dict[str, Any]:
     """The (dim,) weighted mean vector of ``tokens``, as gensim's ``get_mean_vector``."""

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import psutil
 
@@ -37,7 +37,7 @@ class WorkerProcess:
 
     def __init__(self, name: str, broker_url: str, store_url: str, log_dir: Path, *,
                  args: Sequence[str] = ("--autoscale=4,1",), queues: Sequence[str] = ("celery",),
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.hostname = f"{name}@vectorstore-test"
         self.log_path = Path(log_dir) / f"{name}.log"
         self.cmd = [str(_CELERY) if _CELERY.exists() else sys.executable, "-A", "tasks", "worker",
@@ -48,9 +48,9 @@ class WorkerProcess:
         self.env = {**os.environ, "CELERY_BROKER_URL": broker_url,
                     "CELERY_RESULT_BACKEND": broker_url, "VECTORSTORE_URL": store_url,
                     "VECTORSTORE_MODEL": "m", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "WorkerProcess":
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
         """Start the worker and wait until it logs that it is ready."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
@@ -105,7 +105,7 @@ class WorkerProcess:
             pass
         self.process.wait()
 
-    def __enter__(self) -> "WorkerProcess":
+    def __enter__(self) -> WorkerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

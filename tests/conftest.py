@@ -1,8 +1,8 @@
 """Shared fixtures: a real Redis 8 (embedded, with vector sets) per test session."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import gensim

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from celery import Celery
 from acl_users import README_ACL
+from celery import Celery
 from conftest import TEST_DATA, synthetic_kv
 from gensim.models import KeyedVectors
 

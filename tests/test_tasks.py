@@ -6,20 +6,20 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from celery import Celery
+from celery_helpers import ROOT
+from conftest import synthetic_kv
 
 from tasks import as_array, as_arrays
 from tasks.client import chunks, client_app, vectorize
 from tasks.errors import DocumentError, InvalidDocumentError, ResultTooLargeError, TaskInputError
 from tasks.results import check_size, pack
 from vectorstore.loader import load
-
-from celery_helpers import ROOT
-from conftest import synthetic_kv
 
 
 @pytest.fixture()

@@ -5,13 +5,23 @@
 >>> kv[["fast", "car"]].shape                          # doctest: +SKIP
 (2, 300)
 """
-from .errors import (CorruptValueError, IndexInProgressError, IndexNotReadyError, LoadError, LoadInProgressError,
-                     ModelNotFoundError, ReadOnlyError, StoreUnavailableError,
-                     VectorSetsUnsupportedError, VectorStoreError)
+from .errors import (
+                     CorruptValueError,
+                     IndexInProgressError,
+                     IndexNotReadyError,
+                     LoadError,
+                     LoadInProgressError,
+                     ModelNotFoundError,
+                     NotInMemoryError,
+                     ReadOnlyError,
+                     StoreUnavailableError,
+                     VectorSetsUnsupportedError,
+                     VectorStoreError,
+)
 from .store import Lookup, RedisKeyedVectors
 
 __all__ = [
     "RedisKeyedVectors", "Lookup", "VectorStoreError", "ModelNotFoundError", "CorruptValueError",
-    "ReadOnlyError", "StoreUnavailableError", "LoadError", "LoadInProgressError",
+    "ReadOnlyError", "NotInMemoryError", "StoreUnavailableError", "LoadError", "LoadInProgressError",
     "IndexNotReadyError", "IndexInProgressError", "VectorSetsUnsupportedError",
 ]

@@ -36,9 +36,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, cast
+from typing import Any, cast
 
 import hiredis
 import numpy as np
@@ -48,8 +49,13 @@ from tqdm import tqdm
 
 from .codec import Meta
 from .connection import connection
-from .errors import (IndexInProgressError, IndexNotReadyError, ModelNotFoundError,
-                     VectorSetsUnsupportedError, VectorStoreError)
+from .errors import (
+    IndexInProgressError,
+    IndexNotReadyError,
+    ModelNotFoundError,
+    VectorSetsUnsupportedError,
+    VectorStoreError,
+)
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .lock import Lock
 
@@ -228,14 +234,14 @@ def read_status(call: Call, keys: Keys, version: int) -> IndexStatus:
                        running=running, **ints, **floats)  # type: ignore[arg-type]
 
 
-def index_memory(call: Call, keys: Keys, version: int) -> Optional[int]:
+def index_memory(call: Call, keys: Keys, version: int) -> int | None:
     """Bytes the served index of ``version`` uses (``MEMORY USAGE``), or None if it has none."""
     return call("MEMORY", "USAGE", keys.vset(version), "SAMPLES", "0")
 
 
 # --- does the server have vector sets? ----------------------------------------------
 
-_SUPPORT: dict[str, Optional[str]] = {}  # server -> None if it has vector sets, else why not
+_SUPPORT: dict[str, str | None] = {}  # server -> None if it has vector sets, else why not
 
 
 def server_id(client: redis.Redis) -> str:
@@ -257,7 +263,7 @@ def check_vector_sets(call: Call, server: str, probe_key: str) -> None:
         raise VectorSetsUnsupportedError(_SUPPORT[server])
 
 
-def _probe(call: Call, server: str, probe_key: str) -> Optional[str]:
+def _probe(call: Call, server: str, probe_key: str) -> str | None:
     try:
         call("VCARD", probe_key)
         return None
@@ -277,8 +283,8 @@ def _probe(call: Call, server: str, probe_key: str) -> Optional[str]:
 # --- building -----------------------------------------------------------------------
 
 
-def build_index(name: str, *, url: Optional[str] = None, client: Optional[redis.Redis] = None,
-                prefix: str = DEFAULT_PREFIX, version: Optional[int] = None,
+def build_index(name: str, *, url: str | None = None, client: redis.Redis | None = None,
+                prefix: str = DEFAULT_PREFIX, version: int | None = None,
                 quantization: str = DEFAULT_QUANTIZATION, m: int = DEFAULT_M,
                 ef: int = DEFAULT_EF, workers: int = DEFAULT_WORKERS, force: bool = False,
                 progress: bool = True) -> IndexStatus:
@@ -380,7 +386,7 @@ class _Build:
         except _VersionGone:
             self.r.unlink(self.target)
             raise VectorStoreError(f"model {self.keys.name!r} version {self.version} was "
-                                   f"deleted (replaced by a reload) while it was being indexed")
+                                   f"deleted (replaced by a reload) while it was being indexed") from None
         except BaseException as exc:
             failed = {"index_error": f"{type(exc).__name__}: {exc}"[:500]}
             if not status.ready:
@@ -457,7 +463,7 @@ class _Build:
         opts = ["CAS", QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
         blobs = vectors.astype("<f4", copy=False)
         packed = [hiredis.pack_command(("VADD", self.target, "FP32", blobs[j].tobytes(), token,
-                                        *opts, "SETATTR", '{"i":%d}' % (first + j)))
+                                        *opts, "SETATTR", f'{{"i":{first + j}}}'))
                   for j, token in enumerate(tokens)]
         try:
             conn.send_packed_command(packed, check_health=False)

@@ -25,7 +25,6 @@ import socket
 import threading
 import uuid
 from contextlib import suppress
-from typing import Optional
 
 import redis
 
@@ -86,9 +85,9 @@ class Lock:
         self._take_over = client.register_script(_TAKE_OVER)
         self._stop = threading.Event()
         self._lost = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         for _ in range(3):  # the holder may change between our SET and GET
             if self.r.set(self.key, self.owner, nx=True, px=self.ttl_ms):
                 break
