@@ -13,6 +13,7 @@ from .errors import (
                      LoadInProgressError,
                      ModelNotFoundError,
                      NotInMemoryError,
+                     NotPicklableError,
                      ReadOnlyError,
                      StoreUnavailableError,
                      VectorSetsUnsupportedError,
@@ -22,6 +23,7 @@ from .store import Lookup, RedisKeyedVectors
 
 __all__ = [
     "RedisKeyedVectors", "Lookup", "VectorStoreError", "ModelNotFoundError", "CorruptValueError",
-    "ReadOnlyError", "NotInMemoryError", "StoreUnavailableError", "LoadError", "LoadInProgressError",
+    "ReadOnlyError", "NotInMemoryError", "NotPicklableError", "StoreUnavailableError", "LoadError",
+    "LoadInProgressError",
     "IndexNotReadyError", "IndexInProgressError", "VectorSetsUnsupportedError",
 ]

@@ -19,6 +19,11 @@ class ReadOnlyError(VectorStoreError, NotImplementedError):
     """A writing method was called on a Redis-backed, read-only model."""
 
 
+class NotPicklableError(VectorStoreError, TypeError):
+    """A handle built with ``client=`` was pickled; only ``url=`` handles travel (a TypeError,
+    as pickle's own refusal of a lock or a socket)."""
+
+
 class NotInMemoryError(VectorStoreError, AttributeError):
     """An in-memory matrix (``kv.vectors``, ``kv.norms``) was asked of a Redis-backed model.
 

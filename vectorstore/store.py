@@ -14,7 +14,6 @@ metadata and a bounded cache of hot vectors. A batch of tokens is one MGET.
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import time
 import weakref
@@ -35,6 +34,7 @@ from .errors import (
     CorruptValueError,
     ModelNotFoundError,
     NotInMemoryError,
+    NotPicklableError,
     ReadOnlyError,
     StoreUnavailableError,
     VectorStoreError,
@@ -846,7 +846,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         process): build it with ``url=`` instead.
         """
         if self.url is None:
-            raise pickle.PicklingError(
+            raise NotPicklableError(
                 f"{self!r} was built with client=, which cannot be pickled (its connections "
                 f"belong to this process): build it with url= to send it to other processes")
         return _rebuild, (type(self), self.name, self.url, self._options())
