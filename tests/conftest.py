@@ -10,7 +10,7 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from vectorstore.server import EmbeddedRedis
+from vectorstore.server import EmbeddedCluster, EmbeddedRedis
 
 TEST_DATA = Path(gensim.__file__).parent / "test" / "test_data"
 
@@ -61,3 +61,11 @@ def synthetic_kv(count: int = 2000, dim: int = 32, clusters: int = 20, seed: int
     keys = tokens if tokens is not None else [f"w{i}" for i in range(count)]
     kv.add_vectors(keys[:count], vectors.astype(np.float32))
     return kv
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of 3 masters and 3 replicas for the session. Tests that kill nodes
+    start their own."""
+    with EmbeddedCluster(masters=3, replicas_per_master=1) as cluster:
+        yield cluster

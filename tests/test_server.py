@@ -1,4 +1,5 @@
-"""The embedded Redis: starts, answers, stops, and dies with its parent."""
+"""The embedded Redis: starts, answers, stops, and dies with its parent; the embedded
+cluster, replica set and sentinels form, serve and fail over."""
 from __future__ import annotations
 
 import os
@@ -11,10 +12,11 @@ import time
 import psutil
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from vectorstore.connection import redact, resolve_url
 from vectorstore.errors import VectorStoreError
-from vectorstore.server import EmbeddedRedis, find_server
+from vectorstore.server import CLUSTER_SLOTS, EmbeddedCluster, EmbeddedRedis, find_server
 
 
 def test_tcp_server_has_vector_sets_and_no_persistence() -> None:
@@ -73,3 +75,47 @@ def test_url_resolution_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     assert redact("redis://:pw@h/0") == "redis://:***@h/0"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
     assert os.environ.get("VECTORSTORE_URL") is None
+
+
+def test_cluster_serves_keys_on_every_master_and_replicates(redis_cluster: EmbeddedCluster) -> None:
+    rc = RedisCluster.from_url(redis_cluster.url, socket_timeout=5)
+    try:
+        keys = {f"k{i}": str(i) for i in range(300)}
+        for key, value in keys.items():
+            rc.set(key, value)
+        assert {key: rc.get(key) for key in keys} == {k: v.encode() for k, v in keys.items()}
+        masters, replicas = redis_cluster.masters, redis_cluster.replicas
+        assert len(masters) == 3 and len(replicas) == 3
+        for master in masters:  # each master holds its share, and its replica a copy
+            c = master.client()
+            assert c.execute_command("WAIT", 1, 5000) == 1
+            own = [k for k in keys if redis_cluster.node_for_slot(rc.keyslot(k)) is master]
+            assert 0 < len(own) < len(keys)
+            assert sorted(c.keys("k*")) == sorted(own)
+        assert sum(r.client().dbsize() for r in replicas) >= len(keys)
+        assert redis_cluster.node_for_slot(0) is masters[0]
+        assert redis_cluster.node_for_slot(CLUSTER_SLOTS - 1) is masters[-1]
+    finally:
+        for key in rc.scan_iter("k*"):
+            rc.delete(key)
+        rc.close()
+
+
+def test_cluster_master_killed_replica_promoted_keys_still_readable() -> None:
+    with EmbeddedCluster(masters=3, replicas_per_master=1) as cluster:
+        rc = RedisCluster.from_url(cluster.url, socket_timeout=5)
+        keys = {f"k{i}": str(i) for i in range(300)}
+        for key, value in keys.items():
+            rc.set(key, value)
+        victim = cluster.node_for_slot(rc.keyslot("k0"))
+        assert victim.client().execute_command("WAIT", 1, 5000) == 1
+        victim.kill()
+        cluster.wait_ok(30)
+        promoted = cluster.node_for_slot(rc.keyslot("k0"))
+        assert promoted is not victim and promoted in cluster.masters
+        assert len(cluster.masters) == 3 and len(cluster.replicas) == 2
+        rc.close()
+        rc = RedisCluster.from_url(cluster.url, socket_timeout=5)
+        assert {key: rc.get(key) for key in keys} == {k: v.encode() for k, v in keys.items()}
+        rc.close()
+    assert not any(node.alive() for node in cluster.nodes)

@@ -11,6 +11,16 @@ holds a pipe to the parent and stops the server on EOF).
 ...     redis.Redis.from_url(server.url).ping()
 True
 
+:class:`EmbeddedCluster` (a Redis Cluster of masters and replicas),
+:class:`EmbeddedReplicaSet` (a primary with replicas, optionally watched by
+:class:`EmbeddedSentinel` processes) start several such servers at once, for
+the tests of the cluster, replica and failover code and for development
+(``vectorstore server --cluster 3``)::
+
+    >>> with EmbeddedCluster(masters=3, replicas_per_master=1) as cluster:   # doctest: +SKIP
+    ...     redis.cluster.RedisCluster.from_url(cluster.url).set("k", b"v")
+    True
+
 Production points at a real Redis instead.
 """
 from __future__ import annotations
@@ -24,12 +34,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import redis
 
 from .errors import VectorStoreError
+
+#: Hash slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+_T = TypeVar("_T")
 
 
 def find_server() -> str:
@@ -89,26 +106,42 @@ class EmbeddedRedis:
             return f"unix://{self.unix_socket}"
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url})"
+
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
-        self.dir = tempfile.mkdtemp(prefix="vectorstore-redis-")
+        """Start the server and wait until it answers PING."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def _command(self) -> list[str]:
+        assert self.dir is not None
         listen = (["--port", "0", "--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
                   if self.unix_socket else ["--port", str(self.port), "--bind", "127.0.0.1"])
-        cmd = [self.binary, "--save", "", "--appendonly", "no", "--dir", self.dir,
-               "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
-               *listen, *self.args]
+        return [self.binary, "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+                *listen, *self.args]
+
+    def launch(self) -> EmbeddedRedis:
+        """Start the process without waiting for it (see :meth:`wait_ready`): servers
+        launched together start in parallel."""
+        self.dir = tempfile.mkdtemp(prefix="vectorstore-redis-")
         # Own sessions: a terminal's Ctrl-C reaches the program that started the server,
         # which stops it in order, instead of killing Redis under its feet.
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, start_new_session=True)
+        self.process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True)
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(self.process.pid)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         atexit.register(self.stop)
-        self._wait(timeout)
         return self
 
-    def _wait(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the launched server answers PING; stop it and raise
+        :class:`VectorStoreError` (with its log) if it exits or stays silent."""
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)
         deadline = time.monotonic() + timeout
         while True:
@@ -129,6 +162,24 @@ class EmbeddedRedis:
                     raise VectorStoreError(
                         f"redis-server did not answer within {timeout} s") from None
                 time.sleep(0.02)
+
+    def alive(self) -> bool:
+        """Whether the server process runs (it may still be frozen or starting)."""
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, timeout: float = 2.0, **kwargs: Any) -> redis.Redis:
+        """A new redis-py client of this server, with ``timeout`` s socket timeouts and
+        text replies."""
+        return redis.Redis.from_url(self.url, socket_timeout=timeout,
+                                    socket_connect_timeout=timeout, decode_responses=True,
+                                    **kwargs)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (for failover tests); :meth:`stop`
+        still cleans up."""
+        if self.process is not None and self.alive():
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
@@ -154,6 +205,230 @@ class EmbeddedRedis:
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _start_all(servers: Sequence[EmbeddedRedis], timeout: float) -> None:
+    """Launch ``servers`` together, then wait for each; on failure stop them all."""
+    try:
+        for server in servers:
+            server.launch()
+        deadline = time.monotonic() + timeout
+        for server in servers:
+            server.wait_ready(max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        _stop_all(servers)
+        raise
+
+
+def _stop_all(servers: Sequence[EmbeddedRedis]) -> None:
+    """Stop ``servers`` in parallel (a primary may wait for its replicas on SIGTERM)."""
+    if servers:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(lambda server: server.stop(), servers))
+
+
+def _poll(check: Callable[[], str | None], timeout: float, what: str) -> None:
+    """Call ``check`` until it returns None (all is well) or ``timeout`` s pass; then
+    raise :class:`VectorStoreError` with ``what`` and the last problem it named."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = check()
+        if problem is None:
+            return
+        if time.monotonic() > deadline:
+            raise VectorStoreError(f"{what} not ready within {timeout} s: {problem}")
+        time.sleep(0.05)
+
+
+def _ask(server: EmbeddedRedis, fn: Callable[[redis.Redis], _T]) -> _T | str:
+    """``fn(client)`` on ``server``, or a message naming the server if it fails."""
+    client = server.client()
+    try:
+        return fn(client)
+    except redis.RedisError as exc:
+        return f"{server.url}: {exc}"
+    finally:
+        client.close()
+
+
+def _info(text: str) -> dict[str, str]:
+    """The fields of a raw ``CLUSTER INFO`` reply."""
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of ``masters`` masters with ``replicas_per_master`` replicas each,
+    on loopback ports, without persistence (each node an :class:`EmbeddedRedis`).
+
+    The cluster is formed through redis-py (no ``redis-cli`` needed): CLUSTER MEET,
+    ADDSLOTSRANGE (16384 slots split evenly) and REPLICATE; :meth:`start` returns once
+    every node reports ``cluster_state:ok`` and all agree on the slot map. A short
+    ``node_timeout_ms`` lets a replica take over a killed master within seconds.
+
+    Args:
+        masters: number of masters (slot owners), at least 1.
+        replicas_per_master: replicas of each master.
+        binary: server executable; default :func:`find_server` (Redis 7 or newer).
+        args: extra ``redis-server`` arguments for every node.
+        node_timeout_ms: ``cluster-node-timeout``, after which a silent node is failing.
+
+    >>> with EmbeddedCluster(3, 1) as cluster:                    # doctest: +SKIP
+    ...     victim = cluster.node_for_slot(0)
+    ...     victim.kill()
+    ...     cluster.wait_ok(30)              # a replica took over slot 0
+    ...     cluster.node_for_slot(0) is not victim
+    True
+    """
+
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, binary: str | None = None,
+                 args: Sequence[str] = (), node_timeout_ms: int = 1000) -> None:
+        if masters < 1 or replicas_per_master < 0:
+            raise ValueError(f"need masters >= 1 and replicas_per_master >= 0, "
+                             f"got {masters} and {replicas_per_master}")
+        binary = binary or find_server()
+        self.shape = (masters, replicas_per_master)
+        self.nodes: list[EmbeddedRedis] = []
+        for _ in range(masters * (1 + replicas_per_master)):
+            bus_port = free_port()
+            self.nodes.append(EmbeddedRedis(binary, args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus_port),
+                "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1", *args]))
+        self._bus_ports = [int(n.args[n.args.index("--cluster-port") + 1]) for n in self.nodes]
+        self._ids: dict[str, EmbeddedRedis] = {}
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL (the first live node), e.g. for ``RedisCluster.from_url``."""
+        return next((n for n in self.nodes if n.alive()), self.nodes[0]).url
+
+    @property
+    def urls(self) -> list[str]:
+        """URLs of all nodes, masters first (as formed)."""
+        return [n.url for n in self.nodes]
+
+    @property
+    def masters(self) -> list[EmbeddedRedis]:
+        """Live nodes that are masters now (a promoted replica is one)."""
+        return self._with_role("master")
+
+    @property
+    def replicas(self) -> list[EmbeddedRedis]:
+        """Live nodes that are replicas now."""
+        return self._with_role("slave")
+
+    def _with_role(self, role: str) -> list[EmbeddedRedis]:
+        return [n for n in self.nodes
+                if n.alive() and _ask(n, lambda c: c.execute_command("ROLE")[0]) == role]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        """Start all nodes in parallel, form the cluster, wait until it serves every slot."""
+        deadline = time.monotonic() + timeout
+        _start_all(self.nodes, timeout)
+        try:
+            self._form(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self, deadline: float) -> None:
+        masters, _ = self.shape
+        clients = [n.client() for n in self.nodes]
+        try:
+            ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
+            self._ids = dict(zip(ids, self.nodes))
+            for epoch, c in enumerate(clients, 1):  # distinct epochs: no collisions to resolve
+                c.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            for i, c in enumerate(clients[:masters]):
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * CLUSTER_SLOTS // masters,
+                                  (i + 1) * CLUSTER_SLOTS // masters - 1)
+            for node, bus_port in zip(self.nodes[1:], self._bus_ports[1:]):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
+            _poll(lambda: self._unmet(set(ids)), deadline - time.monotonic(), "cluster handshake")
+            for i, c in enumerate(clients[masters:]):
+                c.execute_command("CLUSTER", "REPLICATE", ids[i % masters])
+        finally:
+            for c in clients:
+                c.close()
+        self.wait_ok(max(0.1, deadline - time.monotonic()))
+
+    def _unmet(self, ids: set[str]) -> str | None:
+        """The first node that does not know every other node yet, or None."""
+        for node in self.nodes:
+            table = _ask(node, lambda c: c.execute_command("CLUSTER", "NODES"))
+            if not isinstance(table, str):
+                return str(table)
+            known = {line.split()[0] for line in table.splitlines()
+                     if "handshake" not in line.split()[2] and "noaddr" not in line.split()[2]}
+            if known != ids:
+                return f"node {node.url} knows {len(known)} of {len(ids)} nodes"
+        return None
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every live node reports ``cluster_state:ok``, all live nodes agree
+        on the slot map, every slot is served by a live master and every live replica
+        is in sync with its master (e.g. after a master's kill -9, until its replica
+        is promoted). Raises :class:`VectorStoreError` naming the node that is not."""
+        _poll(self._problem, timeout, "Redis Cluster")
+
+    def _problem(self) -> str | None:
+        """What keeps the cluster from being fully served, or None."""
+        live = [n for n in self.nodes if n.alive()]
+        maps: dict[str, list[tuple[int, int, str, list[str]]]] = {}
+        for node in live:
+            state = _ask(node, lambda c: (_info(c.execute_command("CLUSTER", "INFO")),
+                                          c.execute_command("CLUSTER", "SLOTS"),
+                                          c.info("replication")))
+            if isinstance(state, str):
+                return state
+            info, slots, replication = state
+            if info.get("cluster_state") != "ok":
+                return f"node {node.url} reports cluster_state:{info.get('cluster_state')}"
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return f"replica {node.url} has no link to its master yet"
+            maps[node.url] = sorted((lo, hi, owner[2], sorted(r[2] for r in others))
+                                    for lo, hi, owner, *others in slots)
+        if not maps:
+            return "no node is running"
+        first_url, first = next(iter(maps.items()))
+        for url, slot_map in maps.items():
+            if slot_map != first:
+                return f"node {url} disagrees with node {first_url} on the slot map"
+        if sum(hi - lo + 1 for lo, hi, _, _ in first) != CLUSTER_SLOTS:
+            return f"node {first_url} sees only part of the {CLUSTER_SLOTS} slots served"
+        live_ids = {i for i, n in self._ids.items() if n.alive()}
+        for lo, hi, owner, _ in first:
+            if owner not in live_ids:
+                return f"slots {lo}-{hi} are still served by a node that is down"
+        listed = {owner for _, _, owner, _ in first} | {r for *_, rs in first for r in rs}
+        missing = [self._ids[i].url for i in sorted(live_ids - listed)]
+        if missing:
+            return f"node {missing[0]} is not in the slot map yet"
+        return None
+
+    def node_for_slot(self, slot: int) -> EmbeddedRedis:
+        """The node serving ``slot`` as master now, as seen by a live node."""
+        if not 0 <= slot < CLUSTER_SLOTS:
+            raise ValueError(f"slot must be in 0..{CLUSTER_SLOTS - 1}, got {slot}")
+        for node in (n for n in self.nodes if n.alive()):
+            slots = _ask(node, lambda c: c.execute_command("CLUSTER", "SLOTS"))
+            if isinstance(slots, str):
+                continue
+            for lo, hi, owner, *_ in slots:
+                if lo <= slot <= hi and owner[2] in self._ids:
+                    return self._ids[owner[2]]
+        raise VectorStoreError(f"no live node of the cluster says who serves slot {slot}")
+
+    def stop(self) -> None:
+        """Stop every node (in parallel) and remove their directories."""
+        _stop_all(self.nodes)
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
