@@ -10,7 +10,7 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from vectorstore.server import EmbeddedCluster, EmbeddedRedis
+from vectorstore.server import EmbeddedCluster, EmbeddedRedis, EmbeddedReplicaSet
 
 TEST_DATA = Path(gensim.__file__).parent / "test" / "test_data"
 
@@ -69,3 +69,10 @@ def redis_cluster() -> Iterator[EmbeddedCluster]:
     start their own."""
     with EmbeddedCluster(masters=3, replicas_per_master=1) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def replica_set() -> Iterator[EmbeddedReplicaSet]:
+    """A primary with 2 replicas (no sentinels) for the session."""
+    with EmbeddedReplicaSet(replicas=2) as replicas:
+        yield replicas

@@ -13,10 +13,17 @@ import psutil
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
 
 from vectorstore.connection import redact, resolve_url
 from vectorstore.errors import VectorStoreError
-from vectorstore.server import CLUSTER_SLOTS, EmbeddedCluster, EmbeddedRedis, find_server
+from vectorstore.server import (
+    CLUSTER_SLOTS,
+    EmbeddedCluster,
+    EmbeddedRedis,
+    EmbeddedReplicaSet,
+    find_server,
+)
 
 
 def test_tcp_server_has_vector_sets_and_no_persistence() -> None:
@@ -119,3 +126,42 @@ def test_cluster_master_killed_replica_promoted_keys_still_readable() -> None:
         assert {key: rc.get(key) for key in keys} == {k: v.encode() for k, v in keys.items()}
         rc.close()
     assert not any(node.alive() for node in cluster.nodes)
+
+
+def test_replica_set_replicates_and_replicas_are_read_only(replica_set: EmbeddedReplicaSet) -> None:
+    primary, replicas = replica_set.primary, replica_set.replicas
+    assert primary.url == replica_set.url == replica_set.urls[0] and len(replicas) == 2
+    assert replica_set.replica_urls == [r.url for r in replicas]
+    writer = primary.client()
+    try:
+        writer.set("replicated", "yes")
+        replica_set.wait_synced(10)
+        for replica in replicas:
+            c = replica.client()
+            assert c.get("replicated") == "yes"
+            with pytest.raises(redis.ReadOnlyError):
+                c.set("replicated", "no")
+            c.close()
+    finally:
+        writer.delete("replicated")
+        writer.close()
+
+
+def test_sentinels_report_the_primary_and_fail_over() -> None:
+    with EmbeddedReplicaSet(replicas=2, sentinels=3, master_name="vs") as rs:
+        sentinel = Sentinel([("127.0.0.1", s.port) for s in rs.sentinels], socket_timeout=2)
+        old = rs.primary
+        assert sentinel.discover_master("vs") == ("127.0.0.1", old.port)
+        assert sorted(p for _, p in sentinel.discover_slaves("vs")) == sorted(
+            r.port for r in rs.replicas)
+        assert rs.sentinel_url(1).count("sentinel://") == 3 and rs.sentinel_url(1).endswith("/1")
+        sentinel.master_for("vs").set("before", "kill")
+        rs.wait_synced(10)
+        old.kill()
+        new = rs.wait_primary(60)
+        assert new is not old and new in rs.nodes[1:]
+        assert sentinel.discover_master("vs") == ("127.0.0.1", new.port)
+        assert sentinel.master_for("vs").get("before") == b"kill"
+        rs.wait_synced(30)  # the other replica now follows the promoted one
+        assert rs.replicas == [n for n in rs.nodes[1:] if n is not new]
+    assert not any(n.alive() for n in [*rs.nodes, *rs.sentinels])

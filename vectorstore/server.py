@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -428,6 +429,226 @@ class EmbeddedCluster:
         _stop_all(self.nodes)
 
     def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedSentinel(EmbeddedRedis):
+    """A Redis Sentinel (``redis-server <conf> --sentinel``) on a loopback port, watching
+    the primary on ``primary_port`` under ``master_name``.
+
+    Args:
+        primary_port: port of the primary on 127.0.0.1.
+        master_name: the name clients ask the sentinels about.
+        quorum: sentinels that must agree the primary is down before a failover.
+        down_after_ms: silence after which a sentinel deems the primary down.
+        failover_timeout_ms: Sentinel's ``failover-timeout``.
+        binary: server executable; default :func:`find_server`.
+        port: TCP port; default a free one.
+    """
+
+    def __init__(self, primary_port: int, master_name: str = "vectorstore", quorum: int = 2,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 binary: str | None = None, port: int | None = None) -> None:
+        super().__init__(binary, port)
+        self.primary_port = primary_port
+        self.master_name = master_name
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.myid = secrets.token_hex(20)
+        #: other sentinels of the same primary, written into the configuration so
+        #: that they need not discover each other first
+        self.peers: list[EmbeddedSentinel] = []
+
+    def _command(self) -> list[str]:
+        assert self.dir is not None
+        name = self.master_name
+        lines = [f"port {self.port}", "bind 127.0.0.1", "daemonize no", f"dir {self.dir}",
+                 f"logfile {os.path.join(self.dir, 'redis.log')}", f"sentinel myid {self.myid}",
+                 f"sentinel monitor {name} 127.0.0.1 {self.primary_port} {self.quorum}",
+                 f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                 f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {name} 1",
+                 *(f"sentinel known-sentinel {name} 127.0.0.1 {peer.port} {peer.myid}"
+                   for peer in self.peers)]
+        conf = os.path.join(self.dir, "sentinel.conf")  # Sentinel rewrites it: writable
+        Path(conf).write_text("\n".join(lines) + "\n")
+        return [self.binary, conf, "--sentinel", *self.args]
+
+    def primary_address(self) -> tuple[str, int] | None:
+        """The (host, port) this sentinel names as primary now, None if it names none."""
+        client = self.client()
+        try:
+            reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        finally:
+            client.close()
+        return (reply[0], int(reply[1])) if reply else None
+
+
+class EmbeddedReplicaSet:
+    """A standalone primary with ``replicas`` replicas (``--replicaof``) on loopback
+    ports, without persistence, and optionally ``sentinels`` Redis Sentinels watching
+    the primary under ``master_name`` (they promote a replica when it dies).
+
+    :meth:`start` returns once every replica is linked and in sync and every sentinel
+    knows the replicas and the other sentinels.
+
+    Args:
+        replicas: number of replicas.
+        sentinels: number of sentinels (0: none; 3 for a majority that survives one).
+        master_name: the name the sentinels watch the primary under.
+        binary: server executable; default :func:`find_server`.
+        args: extra ``redis-server`` arguments for the primary and the replicas.
+        down_after_ms: Sentinel's ``down-after-milliseconds``.
+        failover_timeout_ms: Sentinel's ``failover-timeout``.
+
+    >>> with EmbeddedReplicaSet(replicas=2, sentinels=3) as rs:           # doctest: +SKIP
+    ...     old = rs.primary
+    ...     old.kill()
+    ...     rs.wait_primary(30) is not old
+    True
+    """
+
+    def __init__(self, replicas: int = 2, sentinels: int = 0, master_name: str = "vectorstore",
+                 binary: str | None = None, args: Sequence[str] = (), down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000) -> None:
+        if replicas < 0 or sentinels < 0:
+            raise ValueError(f"need replicas >= 0 and sentinels >= 0, got {replicas}, {sentinels}")
+        binary = binary or find_server()
+        common = ["--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1", *args]
+        first = EmbeddedRedis(binary, args=common)
+        self.nodes: list[EmbeddedRedis] = [first] + [
+            EmbeddedRedis(binary, args=["--replicaof", "127.0.0.1", str(first.port), *common])
+            for _ in range(replicas)]
+        self.master_name = master_name
+        assert first.port is not None
+        self.sentinels = [EmbeddedSentinel(first.port, master_name, sentinels // 2 + 1,
+                                           down_after_ms, failover_timeout_ms, binary)
+                          for _ in range(sentinels)]
+        for sentinel in self.sentinels:
+            sentinel.peers = [peer for peer in self.sentinels if peer is not sentinel]
+
+    @property
+    def primary(self) -> EmbeddedRedis:
+        """The live node that is primary now (after a failover, the promoted replica)."""
+        for node in self.nodes:
+            if node.alive() and _ask(node, lambda c: c.execute_command("ROLE")[0]) == "master":
+                return node
+        raise VectorStoreError("no live node of the replica set is a primary")
+
+    @property
+    def replicas(self) -> list[EmbeddedRedis]:
+        """Live nodes that are replicas now."""
+        return [n for n in self.nodes
+                if n.alive() and _ask(n, lambda c: c.execute_command("ROLE")[0]) == "slave"]
+
+    @property
+    def url(self) -> str:
+        """The primary's URL now."""
+        return self.primary.url
+
+    @property
+    def urls(self) -> list[str]:
+        """URLs of all nodes, the first primary first."""
+        return [n.url for n in self.nodes]
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """URLs of the live replicas."""
+        return [n.url for n in self.replicas]
+
+    def sentinel_url(self, db: int = 0) -> str:
+        """The sentinels as one kombu/Celery URL (give ``master_name`` in the transport
+        options), e.g. ``sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0``."""
+        if not self.sentinels:
+            raise VectorStoreError("this replica set runs no sentinels")
+        return ";".join(f"sentinel://127.0.0.1:{s.port}/{db}" for s in self.sentinels)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedReplicaSet:
+        """Start the nodes in parallel, wait until the replicas are in sync, then start
+        the sentinels and wait until each sees every replica and every other sentinel."""
+        deadline = time.monotonic() + timeout
+        _start_all(self.nodes, timeout)
+        try:
+            self.wait_synced(max(0.1, deadline - time.monotonic()))
+            _start_all(self.sentinels, max(0.1, deadline - time.monotonic()))
+            _poll(self._sentinels_unready, max(0.1, deadline - time.monotonic()), "Sentinel")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every live replica is linked to the primary and has caught up with
+        the primary's replication offset as of this call."""
+        primary = self.primary
+        offset = _ask(primary, lambda c: c.info("replication")["master_repl_offset"])
+        if isinstance(offset, str):
+            raise VectorStoreError(f"replication offset unknown: {offset}")
+        _poll(lambda: self._lagging(primary, offset), timeout, "replicas")
+
+    def _lagging(self, primary: EmbeddedRedis, offset: int) -> str | None:
+        for node in self.replicas:
+            info = _ask(node, lambda c: c.info("replication"))
+            if isinstance(info, str):
+                return info
+            if info.get("master_port") != primary.port or info.get("master_link_status") != "up":
+                return f"replica {node.url} is not linked to the primary {primary.url}"
+            if info.get("slave_repl_offset", -1) < offset:
+                return f"replica {node.url} is at offset {info.get('slave_repl_offset')} of {offset}"
+        return None
+
+    def _sentinels_unready(self) -> str | None:
+        replicas = len(self.nodes) - 1
+        for sentinel in self.sentinels:
+            state = _ask(sentinel, lambda c: c.sentinel_master(self.master_name))
+            if isinstance(state, str):
+                return state
+            if not isinstance(state, dict):
+                return f"sentinel {sentinel.url} does not watch {self.master_name}"
+            if (state["num-slaves"], state["num-other-sentinels"]) != (replicas,
+                                                                        len(self.sentinels) - 1):
+                return (f"sentinel {sentinel.url} knows {state['num-slaves']} of {replicas} "
+                        f"replicas, {state['num-other-sentinels']} other sentinels")
+        return None
+
+    def wait_primary(self, timeout: float = 30.0) -> EmbeddedRedis:
+        """Wait until every live sentinel names the same live node as primary and that
+        node says it is one (e.g. after the primary's kill -9, until a replica is
+        promoted); return it. Without sentinels: the live primary."""
+        found: list[EmbeddedRedis] = []
+
+        def check() -> str | None:
+            named = set()
+            for sentinel in (s for s in self.sentinels if s.alive()):
+                try:
+                    address = sentinel.primary_address()
+                except redis.RedisError as exc:
+                    return f"sentinel {sentinel.url}: {exc}"
+                if address is None:
+                    return f"sentinel {sentinel.url} names no primary"
+                named.add(address[1])
+            try:
+                primary = self.primary
+            except VectorStoreError as exc:
+                return str(exc)
+            if named - {primary.port}:
+                return f"sentinels name {sorted(named)}, the primary is {primary.url}"
+            found[:] = [primary]
+            return None
+
+        _poll(check, timeout, "replica set primary")
+        return found[0]
+
+    def stop(self) -> None:
+        """Stop the sentinels, then the nodes (in parallel), and remove their directories."""
+        _stop_all(self.sentinels)
+        _stop_all(self.nodes)
+
+    def __enter__(self) -> EmbeddedReplicaSet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
