@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 import redis
+from click.testing import CliRunner
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
+from vectorstore.cli import main as cli
 from vectorstore.connection import redact, resolve_url
 from vectorstore.errors import VectorStoreError
 from vectorstore.server import (
@@ -165,3 +168,77 @@ def test_sentinels_report_the_primary_and_fail_over() -> None:
         rs.wait_synced(30)  # the other replica now follows the promoted one
         assert rs.replicas == [n for n in rs.nodes[1:] if n is not new]
     assert not any(n.alive() for n in [*rs.nodes, *rs.sentinels])
+
+
+def _cli_server(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vectorstore.cli", "server", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _servers_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(proc.pid).children() if "redis-server" in p.name()]
+
+
+def _stopped(servers: list[psutil.Process]) -> bool:
+    return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers)
+
+
+def test_cli_cluster_serves_and_sigterm_stops_every_node() -> None:
+    proc = _cli_server("--cluster", "3", "--replicas", "1")
+    assert proc.stdout is not None
+    try:
+        seed = proc.stdout.readline().strip()
+        assert seed.startswith("redis://127.0.0.1:")
+        rc = RedisCluster.from_url(seed, socket_timeout=5)
+        assert rc.set("k", "v") and rc.get("k") == b"v"
+        assert len(rc.get_primaries()) == 3 and len(rc.get_replicas()) == 3
+        rc.close()
+        servers = _servers_of(proc)
+        assert len(servers) == 6
+        victim = servers[0]
+        victim.kill()  # a dead node is reported; the others keep running
+        while "exited with code" not in (line := proc.stderr.readline()):  # type: ignore[union-attr]
+            assert line, "no report of the killed node"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err
+    assert _stopped(servers)
+
+
+def test_cli_replicas_with_sentinels_print_urls_and_ctrl_c_stops_them() -> None:
+    proc = _cli_server("--replicas", "2", "--sentinels", "3")
+    assert proc.stdout is not None
+    try:
+        primary = proc.stdout.readline().strip()
+        replicas = [proc.stdout.readline().strip() for _ in range(2)]
+        sentinels = proc.stdout.readline().strip()
+        assert primary.startswith("redis://") and all(r.startswith("replica redis://")
+                                                      for r in replicas)
+        assert sentinels.startswith("sentinel sentinel://") and sentinels.count(";") == 2
+        writer = redis.Redis.from_url(primary)
+        writer.set("k", "v")
+        assert writer.execute_command("WAIT", 2, 5000) == 2
+        assert redis.Redis.from_url(replicas[0].split()[1]).get("k") == b"v"
+        addresses = [urlsplit(u) for u in sentinels.split()[1].split(";")]
+        sentinel = Sentinel([(a.hostname, a.port) for a in addresses], socket_timeout=2)
+        assert sentinel.discover_master("vectorstore") == ("127.0.0.1", urlsplit(primary).port)
+        servers = _servers_of(proc)
+        assert len(servers) == 6
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err
+    assert _stopped(servers)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sentinels", "3"], "--sentinels needs --replicas"),
+    (["--cluster", "3", "--replicas", "1", "--sentinels", "3"], "--sentinels needs --replicas"),
+    (["--cluster", "3", "--port", "7000"], "single server"),
+])
+def test_cli_server_option_conflicts(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["server", *args])
+    assert result.exit_code == 2 and message in result.output

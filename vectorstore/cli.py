@@ -50,7 +50,7 @@ from .index import (
 )
 from .keys import Keys, check_name
 from .readers import FORMATS
-from .server import EmbeddedRedis
+from .server import SENTINEL_MASTER, EmbeddedCluster, EmbeddedRedis, EmbeddedReplicaSet
 
 _URL = "vectorstore.url"
 
@@ -296,26 +296,78 @@ def verify(ctx: click.Context, name: str, url: str | None) -> None:
               "(default: a free one).")
 @click.option("--unix-socket", type=click.Path(dir_okay=False), help="Listen on this unix "
               "socket instead of TCP.")
-def server(port: int | None, unix_socket: str | None) -> None:
-    """Run a local Redis (without persistence) until Ctrl-C or SIGTERM; print its URL."""
+@click.option("--cluster", "masters", type=click.IntRange(min=1), help="Run a Redis Cluster "
+              "of this many masters (with --replicas replicas each, default 1); print a seed "
+              "node's URL.")
+@click.option("--replicas", type=click.IntRange(min=0), help="Replicas per master with "
+              "--cluster; without it, run a primary with this many replicas and print the "
+              "primary's URL, then 'replica <URL>' lines.")
+@click.option("--sentinels", type=click.IntRange(min=1), help="With --replicas (no --cluster): "
+              f"also run this many Redis Sentinels watching the primary as "
+              f"'{SENTINEL_MASTER}'; print a 'sentinel <URL>' line (kombu/Celery form).")
+def server(port: int | None, unix_socket: str | None, masters: int | None,
+           replicas: int | None, sentinels: int | None) -> None:
+    """Run a local Redis (without persistence) until Ctrl-C or SIGTERM; print its URL.
+
+    With --cluster or --replicas, several servers on free loopback ports. A node that
+    dies (e.g. a kill -9 to try a failover) is reported and the others keep running.
+    """
     if port and unix_socket:
         raise click.UsageError("give --port or --unix-socket, not both")
+    if (masters or replicas is not None) and (port or unix_socket):
+        raise click.UsageError("--port and --unix-socket are for a single server, "
+                               "not with --cluster or --replicas")
+    if sentinels and (masters or replicas is None):
+        raise click.UsageError("--sentinels needs --replicas, without --cluster")
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    redis_server = EmbeddedRedis(port=port, unix_socket=unix_socket)
+    group: EmbeddedRedis | EmbeddedCluster | EmbeddedReplicaSet
+    if masters:
+        group = EmbeddedCluster(masters, 1 if replicas is None else replicas)
+    elif replicas is not None:
+        group = EmbeddedReplicaSet(replicas, sentinels or 0, master_name=SENTINEL_MASTER)
+    else:
+        group = EmbeddedRedis(port=port, unix_socket=unix_socket)
     try:
-        redis_server.start()
-        click.echo(redact(redis_server.url))
-        while not stop.wait(0.2):
-            assert redis_server.process is not None
-            if redis_server.process.poll() is not None:
-                _fail(f"redis-server exited with code {redis_server.process.returncode}")
+        group.start()
+        if isinstance(group, EmbeddedCluster):
+            nodes: list[EmbeddedRedis] = group.nodes
+            click.echo(group.url)
+            click.echo(f"Redis Cluster of {group.shape[0]} masters with {group.shape[1]} "
+                       f"replicas each: {', '.join(group.urls)}", err=True)
+        elif isinstance(group, EmbeddedReplicaSet):
+            nodes = [*group.nodes, *group.sentinels]
+            click.echo(group.url)
+            for url in group.replica_urls:
+                click.echo(f"replica {url}")
+            if sentinels:
+                click.echo(f"sentinel {group.sentinel_url()}")
+                click.echo(f"Sentinel master name: {SENTINEL_MASTER}", err=True)
+        else:
+            nodes = [group]
+            click.echo(redact(group.url))
+        _watch(nodes, stop)
     finally:
-        redis_server.stop()
+        group.stop()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     click.echo("stopped", err=True)
+
+
+def _watch(nodes: list[EmbeddedRedis], stop: threading.Event) -> None:
+    """Return when ``stop`` is set; say on stderr when a node exits; fail when all have."""
+    gone: set[int] = set()
+    while not stop.wait(0.2):
+        for i, node in enumerate(nodes):
+            if i not in gone and not node.alive():
+                gone.add(i)
+                assert node.process is not None
+                if len(nodes) == 1:
+                    _fail(f"redis-server exited with code {node.process.returncode}")
+                click.echo(f"{node.url} exited with code {node.process.returncode}", err=True)
+        if len(gone) == len(nodes):
+            _fail("every server exited")
 
 
 if __name__ == "__main__":

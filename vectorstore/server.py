@@ -46,6 +46,8 @@ from .errors import VectorStoreError
 
 #: Hash slots of a Redis Cluster.
 CLUSTER_SLOTS = 16384
+#: Name the embedded sentinels watch their primary under, unless told otherwise.
+SENTINEL_MASTER = "vectorstore"
 
 _T = TypeVar("_T")
 
@@ -449,7 +451,7 @@ class EmbeddedSentinel(EmbeddedRedis):
         port: TCP port; default a free one.
     """
 
-    def __init__(self, primary_port: int, master_name: str = "vectorstore", quorum: int = 2,
+    def __init__(self, primary_port: int, master_name: str = SENTINEL_MASTER, quorum: int = 2,
                  down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
                  binary: str | None = None, port: int | None = None) -> None:
         super().__init__(binary, port)
@@ -512,7 +514,7 @@ class EmbeddedReplicaSet:
     True
     """
 
-    def __init__(self, replicas: int = 2, sentinels: int = 0, master_name: str = "vectorstore",
+    def __init__(self, replicas: int = 2, sentinels: int = 0, master_name: str = SENTINEL_MASTER,
                  binary: str | None = None, args: Sequence[str] = (), down_after_ms: int = 1000,
                  failover_timeout_ms: int = 5000) -> None:
         if replicas < 0 or sentinels < 0:
