@@ -87,7 +87,7 @@ def loaded(server: EmbeddedRedis, admin: redis.Redis, idle_health_check: None) -
     cli("load", str(LEE), "--name", "lee", "--no-progress", url=loader)
     cli("load", str(LEE), "--name", "lee", "--no-progress", "--index", url=loader)
     cli("index", "lee", "--quantization", "noquant", "--force", "--no-progress", url=loader)
-    version = admin.get("vs:lee#current")
+    version = admin.get("vs:{lee}#current")
     assert isinstance(version, str)
     assert f"lee version {version}: ok" in cli("verify", "lee", url=loader).stdout
     shown = cli("info", "lee", url=loader).stdout
@@ -117,12 +117,12 @@ def test_worker_user_reads_after_idling_past_the_health_check(server: EmbeddedRe
     other_db = redis.Redis.from_url(user_url(server, WORKER_ACL, db=1))
     assert other_db.ping() and other_db.get("vs:x") is None  # SELECT allowed
     worker = redis.Redis.from_url(user_url(server, WORKER_ACL))
-    for command in (["SET", "vs:x", "1"], ["DEL", "vs:lee#current"], ["KEYS", "*"],
-                    ["VADD", f"vs:lee:{loaded}#vset", "VALUES", "1", "0", "x"], ["FLUSHALL"],
+    for command in (["SET", "vs:x", "1"], ["DEL", "vs:{lee}#current"], ["KEYS", "*"],
+                    ["VADD", f"vs:{{lee}}:{loaded}#vset", "VALUES", "1", "0", "x"], ["FLUSHALL"],
                     ["GET", "other"]):
         with pytest.raises(redis.exceptions.NoPermissionError):
             worker.execute_command(*command)
-    assert admin.get("vs:lee#current") == loaded
+    assert admin.get("vs:{lee}#current") == loaded
     assert len(denied(admin)) == 6
     admin.execute_command("ACL", "LOG", "RESET")
 

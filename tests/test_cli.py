@@ -73,7 +73,7 @@ def test_load_list_info_verify_drop(redis_url: str, client: redis.Redis) -> None
     no_terminal = run("drop", "lee", "--url", redis_url, input="y\n")
     assert_one_line_error(no_terminal, "not dropping lee: there is no terminal to confirm on; "
                                        "pass --yes")
-    assert client.exists("vs:lee#current")
+    assert client.exists("vs:{lee}#current")
     dropped = run("drop", "lee", "--yes", "--url", redis_url)
     assert dropped.exit_code == 0 and dropped.stdout.startswith("dropped lee (")
     assert dropped.stdout.endswith(f" keys) from {redis_url}\n")
@@ -114,7 +114,7 @@ def test_errors_are_one_line_with_exit_code_2(redis_url: str, tmp_path: Path,
     assert_one_line_error(run("load", str(tmp_path / "nope.bin"), "--name", "m",
                               "--url", redis_url), "cannot read", "nope.bin")
     assert_one_line_error(run("info", "nope", "--url", redis_url), "no model named 'nope'")
-    client.set("vs:m#lock", "elsewhere:1:x")
+    client.set("vs:{m}#lock", "elsewhere:1:x")
     assert_one_line_error(run("load", str(LEE), "--name", "m", "--url", redis_url),
                           "being loaded by elsewhere:1:x")
 
@@ -191,16 +191,16 @@ def test_drop_asks_on_a_terminal(redis_url: str, client: redis.Redis) -> None:
     assert run("load", str(LEE), "--name", "lee", "--no-progress", "--url", redis_url).exit_code == 0
     code, out = _on_terminal(["drop", "lee", "--url", redis_url], "n")
     assert code == 1 and f"Drop model lee and all its versions from {redis_url}? [y/N]: n" in out
-    assert "Aborted!" in out and "Traceback" not in out and client.exists("vs:lee#current")
+    assert "Aborted!" in out and "Traceback" not in out and client.exists("vs:{lee}#current")
     code, out = _on_terminal(["drop", "lee", "--url", redis_url], "y")
-    assert code == 0 and "dropped lee (" in out and not client.exists("vs:lee#current")
+    assert code == 0 and "dropped lee (" in out and not client.exists("vs:{lee}#current")
     assert run("load", str(LEE), "--name", "lee", "--no-progress", "--url", redis_url).exit_code == 0
     piped = subprocess.run([sys.executable, "-m", "vectorstore.cli", "drop", "lee", "--url",
                             redis_url], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            timeout=60)
     assert (piped.returncode, piped.stdout, piped.stderr) == (
         2, "", "error: not dropping lee: there is no terminal to confirm on; pass --yes\n")
-    assert client.exists("vs:lee#current")
+    assert client.exists("vs:{lee}#current")
 
 
 def test_url_comes_from_option_then_environment(redis_url: str) -> None:

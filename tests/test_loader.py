@@ -48,7 +48,8 @@ def stored(client: redis.Redis, name: str,
 
 
 def version_keys(client: redis.Redis, name: str, version: int) -> list[bytes]:
-    return list(client.scan_iter(match=Keys(name).version_pattern(version), count=5000))
+    return [key for pattern in Keys(name).version_patterns(version)
+            for key in client.scan_iter(match=pattern, count=5000)]
 
 
 def assert_same(client: redis.Redis, name: str, kv: KeyedVectors) -> Meta:
@@ -319,10 +320,10 @@ def test_reload_flips_to_new_version_and_deletes_old(client: redis.Redis) -> Non
     first, second = synthetic_kv(count=1500, seed=1), synthetic_kv(count=1200, seed=2)
     assert load(first, "m", client=client, progress=False).version == 1
     meta = load(second, "m", client=client, progress=False, grace=0)
-    assert meta.version == 2 and client.get("vs:m#current") == b"2"
+    assert meta.version == 2 and client.get("vs:{m}#current") == b"2"
     assert_same(client, "m", second)
     assert version_keys(client, "m", 1) == []
-    assert client.smembers("vs:m#versions") == {b"2"}
+    assert client.smembers("vs:{m}#versions") == {b"2"}
     assert list_models(client=client) == ["m"]
 
 
@@ -333,9 +334,9 @@ def test_old_version_survives_the_grace_period(client: redis.Redis) -> None:
                                kwargs=dict(client=client, progress=False, grace=1.0))
     loading.start()
     deadline = time.monotonic() + 10
-    while client.get("vs:m#current") != b"2" and time.monotonic() < deadline:
+    while client.get("vs:{m}#current") != b"2" and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert client.get("vs:m#current") == b"2"
+    assert client.get("vs:{m}#current") == b"2"
     assert len(version_keys(client, "m", 1)) == old_keys  # readers of v1 still served
     loading.join()
     assert version_keys(client, "m", 1) == []
@@ -343,12 +344,12 @@ def test_old_version_survives_the_grace_period(client: redis.Redis) -> None:
 
 def test_leftovers_of_a_dead_load_are_removed(client: redis.Redis) -> None:
     load(synthetic_kv(count=100), "m", client=client, progress=False)
-    client.incr("vs:m#seq")
-    client.sadd("vs:m#versions", 2)  # what a SIGKILLed loader leaves behind
-    client.mset({"vs:m:2:x": b"junk", "vs:m:2#i2k:0": b"x", "vs:m:2#meta": b"?"})
+    client.incr("vs:{m}#seq")
+    client.sadd("vs:{m}#versions", 2)  # what a SIGKILLed loader leaves behind
+    client.mset({"vs:m:2:x": b"junk", "vs:{m}:2#i2k:0": b"x", "vs:{m}:2#meta": b"?"})
     assert load(synthetic_kv(count=10), "m", client=client, progress=False, grace=0).version == 3
     assert version_keys(client, "m", 2) == [] and version_keys(client, "m", 1) == []
-    assert client.smembers("vs:m#versions") == {b"3"}
+    assert client.smembers("vs:{m}#versions") == {b"3"}
 
 
 def _holder(pid: int) -> str:
@@ -356,21 +357,21 @@ def _holder(pid: int) -> str:
 
 
 def test_lock_of_a_live_loader_is_respected(client: redis.Redis) -> None:
-    client.set("vs:m#lock", _holder(os.getpid()), px=15000)
+    client.set("vs:{m}#lock", _holder(os.getpid()), px=15000)
     with pytest.raises(LoadInProgressError, match=rf"being loaded by {_holder(os.getpid())}"):
         load(synthetic_kv(count=10), "m", client=client, progress=False)
-    client.set("vs:m#lock", "elsewhere:1:0123", px=15000)  # another host: cannot tell, wait
+    client.set("vs:{m}#lock", "elsewhere:1:0123", px=15000)  # another host: cannot tell, wait
     with pytest.raises(LoadInProgressError, match="elsewhere:1:0123"):
         drop("m", client=client)
-    assert client.keys("*") == [b"vs:m#lock"]
+    assert client.keys("*") == [b"vs:{m}#lock"]
 
 
 def test_lock_of_a_dead_loader_is_taken_over(client: redis.Redis) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    client.set("vs:m#lock", _holder(dead.pid), px=15000)
+    client.set("vs:{m}#lock", _holder(dead.pid), px=15000)
     assert load(synthetic_kv(count=10), "m", client=client, progress=False).count == 10
-    assert client.get("vs:m#lock") is None
+    assert client.get("vs:{m}#lock") is None
 
 
 class _Sabotaged:
@@ -382,14 +383,14 @@ class _Sabotaged:
         self._vectors, self._client = kv.vectors, client
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        self._client.set("vs:m#lock", "thief:1:x")
+        self._client.set("vs:{m}#lock", "thief:1:x")
         return self._vectors[rows]
 
 
 def test_publish_requires_the_lock(client: redis.Redis) -> None:
-    with pytest.raises(LoadInProgressError, match="lost lock vs:m#lock"):
+    with pytest.raises(LoadInProgressError, match="lost lock vs:{m}#lock"):
         load(_Sabotaged(client), "m", client=client, progress=False)
-    assert client.keys("*") == [b"vs:m#lock"]
+    assert client.keys("*") == [b"vs:{m}#lock"]
 
 
 class _Slow:
@@ -446,7 +447,7 @@ def _wait_until_loading(client: redis.Redis, name: str, version: int, proc: subp
                         at_least: int = 20_000) -> None:
     """Return once the loader has written ``at_least`` vectors of ``version``."""
     deadline = time.monotonic() + 60
-    pattern = Keys(name).version_pattern(version)
+    pattern = Keys(name).version_patterns(version)
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         if client.exists(Keys(name).meta(version)) and client.dbsize() > at_least:
@@ -468,7 +469,7 @@ def test_sigkilled_load_is_invisible_and_cleaned_by_the_next(
     _wait_until_loading(client, "m", 2, proc)
     proc.kill()
     proc.communicate()
-    assert client.get("vs:m#current") == b"1"
+    assert client.get("vs:{m}#current") == b"1"
     assert_same(client, "m", served)
     assert verify("m", client=client).ok
     assert len(version_keys(client, "m", 2)) > 10_000  # staging data left behind, unseen
@@ -477,7 +478,7 @@ def test_sigkilled_load_is_invisible_and_cleaned_by_the_next(
     assert (meta.version, meta.count) == (3, 300_000)
     assert verify("m", client=client).ok
     assert version_keys(client, "m", 1) == [] and version_keys(client, "m", 2) == []
-    assert client.smembers("vs:m#versions") == {b"3"}
+    assert client.smembers("vs:{m}#versions") == {b"3"}
     # tokens, i2k chunks, and meta, current, seq, versions, models
     assert client.dbsize() == 300_000 + -(-300_000 // I2K_CHUNK) + 5
 
@@ -569,7 +570,7 @@ def test_lock_is_renewed_during_a_long_index_build(client: redis.Redis,
     meta = load(kv, "m", client=client, progress=False, index=IndexOptions(workers=1))
     status = read_status(client.execute_command, Keys("m"), meta.version)
     assert status.ready and status.done == 5000
-    assert client.get("vs:m#lock") is None
+    assert client.get("vs:{m}#lock") is None
     assert_same(client, "m", kv)
 
 
@@ -665,9 +666,9 @@ def test_info_list_and_memory_estimate(client: redis.Redis) -> None:
 def test_drop(client: redis.Redis) -> None:
     load(synthetic_kv(count=100), "m", client=client, progress=False)
     load(synthetic_kv(count=100), "keep", client=client, progress=False)
-    kept = set(client.keys("vs:keep*"))
+    kept = set(client.keys("vs:keep*")) | set(client.keys("vs:{keep}*"))
     assert drop("m", client=client) == 100 + 1 + 1 + 2  # tokens, i2k, meta, current+versions
-    assert set(client.keys("*")) == kept | {b"vs#models", b"vs:m#seq"}
+    assert set(client.keys("*")) == kept | {b"vs#models", b"vs:{m}#seq"}
     assert list_models(client=client) == ["keep"]
     with pytest.raises(ModelNotFoundError):
         drop("m", client=client)

@@ -105,29 +105,29 @@ def test_deleted_token_key_reads_as_oov_but_prewarm_sees_it(rkv: RedisKeyedVecto
 
 
 @pytest.mark.parametrize("corrupt", [
-    pytest.param(lambda c: c.set("vs:m#current", "abc"), id="alias-abc"),
-    pytest.param(lambda c: c.set("vs:m#current", "0"), id="alias-0"),
-    pytest.param(lambda c: (c.delete("vs:m#current"), c.hset("vs:m#current", "a", "1")),
+    pytest.param(lambda c: c.set("vs:{m}#current", "abc"), id="alias-abc"),
+    pytest.param(lambda c: c.set("vs:{m}#current", "0"), id="alias-0"),
+    pytest.param(lambda c: (c.delete("vs:{m}#current"), c.hset("vs:{m}#current", "a", "1")),
                  id="alias-hash"),
 ])
 def test_corrupt_alias_is_named(rkv: RedisKeyedVectors, client: redis.Redis, corrupt) -> None:
     rkv["w1"]
     corrupt(client)
     rkv._checked = -float("inf")  # as after the refresh period
-    with pytest.raises(CorruptValueError, match="vs:m#current"):
+    with pytest.raises(CorruptValueError, match="vs:{m}#current"):
         rkv["w1"]
-    with pytest.raises(CorruptValueError, match="vs:m#current"):  # a fresh handle too
+    with pytest.raises(CorruptValueError, match="vs:{m}#current"):  # a fresh handle too
         RedisKeyedVectors("m", url=rkv.url)["w1"]
 
 
 def test_corrupt_metadata_is_named(rkv: RedisKeyedVectors, client: redis.Redis) -> None:
     version = rkv.version
-    client.hset(f"vs:m:{version}#meta", "dim", "abc")
-    with pytest.raises(CorruptValueError, match=f"vs:m:{version}#meta"):
+    client.hset(f"vs:{{m}}:{version}#meta", "dim", "abc")
+    with pytest.raises(CorruptValueError, match=f"vs:{{m}}:{version}#meta"):
         RedisKeyedVectors("m", url=rkv.url)["w1"]
-    client.delete(f"vs:m:{version}#meta")
-    client.set(f"vs:m:{version}#meta", "x")
-    with pytest.raises(CorruptValueError, match=f"vs:m:{version}#meta is not a hash"):
+    client.delete(f"vs:{{m}}:{version}#meta")
+    client.set(f"vs:{{m}}:{version}#meta", "x")
+    with pytest.raises(CorruptValueError, match=f"vs:{{m}}:{version}#meta is not a hash"):
         RedisKeyedVectors("m", url=rkv.url)["w1"]
 
 

@@ -121,7 +121,7 @@ def test_pickles_by_reference(rkv: RedisKeyedVectors, model: KeyedVectors) -> No
     assert (copy.name, copy.url, copy.keys, copy.cache_bytes, copy.refresh, copy.exact,
             copy.search_ef) == (rkv.name, rkv.url, rkv.keys, rkv.cache_bytes, rkv.refresh,
                                 rkv.exact, 321)
-    assert copy._view is None and copy._client is None  # connects on first use
+    assert copy._view is None and copy._deployment is None  # connects on first use
     assert np.array_equal(copy[doc], model[doc])
 
 

@@ -94,12 +94,12 @@ def test_damaged_index_to_token_chunks_are_named(model: redis.Redis) -> None:
 def test_a_corrupt_alias_is_a_clear_error_and_a_reload_repairs_it(
         model: redis.Redis, redis_url: str, alias: bytes) -> None:
     model.set(K.current, alias)
-    with pytest.raises(CorruptValueError, match=r"model 'm': its alias vs:m#current "):
+    with pytest.raises(CorruptValueError, match=r"model 'm': its alias vs:{m}#current "):
         verify("m", client=model)
     result = CliRunner().invoke(main, ["verify", "m", "--url", redis_url])
     assert result.exit_code == 2 and result.exception is None or \
         isinstance(result.exception, SystemExit), result.output
-    assert "error: model 'm': its alias vs:m#current" in result.output
+    assert "error: model 'm': its alias vs:{m}#current" in result.output
     assert "Traceback" not in result.output
     kv = synthetic_kv(count=30, dim=4)
     load(kv, "m", client=model, progress=False, grace=0)
@@ -113,5 +113,5 @@ def test_a_corrupt_alias_is_a_clear_error_and_a_reload_repairs_it(
 def test_a_retyped_alias_is_a_clear_error(model: redis.Redis) -> None:
     model.delete(K.current)
     model.hset(K.current, "a", "b")
-    with pytest.raises(CorruptValueError, match=r"its alias vs:m#current is unreadable"):
+    with pytest.raises(CorruptValueError, match=r"its alias vs:{m}#current is unreadable"):
         verify("m", client=model)

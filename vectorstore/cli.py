@@ -32,7 +32,7 @@ import redis
 
 from . import loader
 from .codec import DTYPES
-from .connection import Timeouts, connection, redact, resolve_url, safe_message
+from .connection import Timeouts, redact, resolve_url, safe_message
 from .errors import VectorStoreError
 from .index import (
     DEFAULT_EF,
@@ -51,6 +51,7 @@ from .index import (
 from .keys import Keys, check_name
 from .readers import FORMATS
 from .server import SENTINEL_MASTER, EmbeddedCluster, EmbeddedRedis, EmbeddedReplicaSet
+from .topology import deployment
 
 _URL = "vectorstore.url"
 
@@ -136,9 +137,9 @@ def _index_line(status: IndexStatus, memory: int | None) -> str:
 
 def _index_state(url: str, name: str, version: int) -> str:
     keys = Keys(name)
-    with connection(url) as r:
-        return _index_line(read_status(r.execute_command, keys, version),
-                           index_memory(r.execute_command, keys, version))
+    with deployment(url) as d:
+        return _index_line(read_status(d.client.execute_command, keys, version),
+                           index_memory(d.client.execute_command, keys, version))
 
 
 @click.group(name="vectorstore", cls=_Group)

@@ -48,7 +48,6 @@ from redis.connection import Connection
 from tqdm import tqdm
 
 from .codec import Meta
-from .connection import connection
 from .errors import (
     IndexInProgressError,
     IndexNotReadyError,
@@ -58,6 +57,7 @@ from .errors import (
 )
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .lock import Lock
+from .topology import Deployment, deployment
 
 QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
 DEFAULT_QUANTIZATION = "q8"
@@ -244,13 +244,6 @@ def index_memory(call: Call, keys: Keys, version: int) -> int | None:
 _SUPPORT: dict[str, str | None] = {}  # server -> None if it has vector sets, else why not
 
 
-def server_id(client: redis.Redis) -> str:
-    """Where ``client`` connects (host:port/db or socket path), without credentials."""
-    kw = client.connection_pool.connection_kwargs
-    where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
-    return f"{where}/{kw.get('db', 0)}"
-
-
 def check_vector_sets(call: Call, server: str, probe_key: str) -> None:
     """Raise VectorSetsUnsupportedError unless ``server`` has Redis 8 vector sets.
 
@@ -263,6 +256,19 @@ def check_vector_sets(call: Call, server: str, probe_key: str) -> None:
         raise VectorSetsUnsupportedError(_SUPPORT[server])
 
 
+def _info_field(raw: Any, field: str) -> str:
+    """``field`` of a raw ``INFO`` reply, or ``?``.
+
+    >>> _info_field(b"# Server\r\nredis_version:6.2.7\r\n", "redis_version")
+    '6.2.7'
+    """
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
 def _probe(call: Call, server: str, probe_key: str) -> str | None:
     try:
         call("VCARD", probe_key)
@@ -272,7 +278,8 @@ def _probe(call: Call, server: str, probe_key: str) -> str | None:
             return None  # it knows VCARD (the key is just not a vector set)
     try:
         info = call("INFO", "server")
-        version = info.get("redis_version", "?") if isinstance(info, dict) else "?"
+        version = (info.get("redis_version", "?") if isinstance(info, dict)  # redis-py's parse
+                   else _info_field(info, "redis_version"))  # a raw reply
     except redis.RedisError:
         version = "?"
     return (f"Redis {version} at {server} has no vector sets (VADD/VSIM need Redis 8.0 or "
@@ -317,19 +324,20 @@ def build_index(name: str, *, url: str | None = None, client: redis.Redis | None
     """
     opts = IndexOptions(quantization, m, ef, workers)
     keys = Keys(name, prefix)
-    with connection(url, client) as r:
+    with deployment(url, client) as d:
+        r = d.client
         if version is None:
             raw = r.get(keys.current)
             if raw is None:
                 raise ModelNotFoundError(f"no model named {name!r} under prefix {prefix!r}")
             version = int(raw)
-        check_vector_sets(r.execute_command, server_id(r), keys.vset(version))
+        check_vector_sets(r.execute_command, d.node_name(keys.vset(version)), keys.vset(version))
         raw_meta = r.hgetall(keys.meta(version))
         if not raw_meta:
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         with Lock(r, keys.vset_lock(version), f"the index of model {name!r}", "built",
                   IndexInProgressError, ttl_ms=LOCK_TTL_MS) as lock:
-            return _Build(r, keys, Meta.from_hash(raw_meta), opts, lock, force, progress).run()
+            return _Build(d, keys, Meta.from_hash(raw_meta), opts, lock, force, progress).run()
 
 
 class _VersionGone(VectorStoreError):
@@ -339,16 +347,16 @@ class _VersionGone(VectorStoreError):
 class _Build:
     """One run of :func:`build_index` (with the build lock held)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta, opts: IndexOptions, lock: Lock,
+    def __init__(self, d: Deployment, keys: Keys, meta: Meta, opts: IndexOptions, lock: Lock,
                  force: bool, progress: bool) -> None:
-        self.r, self.keys, self.meta, self.lock = r, keys, meta, lock
+        self.d, self.r, self.keys, self.meta, self.lock = d, d.client, keys, meta, lock
         self.quant, self.m, self.ef, self.workers = opts.quantization, opts.m, opts.ef, opts.workers
         self.force, self.progress = force, progress
         self.version = meta.version
         self.target = keys.vset_build(meta.version)
         self.params = build_params(self.quant, self.m, self.ef)
-        self._set = r.register_script(_SET_IF_EXISTS)
-        self._swap = r.register_script(_SWAP)
+        self._set = self.r.register_script(_SET_IF_EXISTS)
+        self._swap = self.r.register_script(_SWAP)
         self._local = threading.local()
         self._conns: list[redis.Connection] = []
 
@@ -423,8 +431,7 @@ class _Build:
                         self.lock.check()
                         raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
                         tokens: list[bytes] = raw.split(b"\n") if isinstance(raw, bytes) else []
-                        values: list[Any] = (self.r.mget([token_prefix + t for t in tokens])
-                                             if tokens else [])
+                        values: list[Any] = self.d.mget([token_prefix + t for t in tokens])
                         if not tokens or None in values:
                             raise _VersionGone()
                         vectors = codec.decode(values)
@@ -458,7 +465,8 @@ class _Build:
         """VADD one chunk in one round trip, on this thread's own connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = cast(Connection, self.r.connection_pool.make_connection())
+            node = self.d.node(self.target)  # the vector set's node (its primary, on a cluster)
+            conn = self._local.conn = cast(Connection, node.connection_pool.make_connection())
             self._conns.append(conn)
         opts = ["CAS", QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
         blobs = vectors.astype("<f4", copy=False)

@@ -3,27 +3,31 @@
 Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
 
     vs#models                 set of model names
-    vs:news#current           version the model's alias points to (string)
-    vs:news#seq               version counter (INCR)
-    vs:news#lock              loader lock (SET NX PX, value names the owner)
-    vs:news#versions          set of versions that exist, complete or staging
-    vs:news:3#meta            hash: dim, dtype, count, checksum, state, ...
-    vs:news:3#i2k:17          tokens 17*1024 .. 17*1024+1023, joined by "\\n"
-    vs:news:3#vset            Redis 8 vector set (similarity index)
-    vs:news:3#vset-build      vector set being built, renamed to #vset when done
-    vs:news:3#vset-lock       index builder lock (SET NX PX, value names the owner)
+    vs:{news}#current         version the model's alias points to (string)
+    vs:{news}#seq             version counter (INCR)
+    vs:{news}#lock            loader lock (SET NX PX, value names the owner)
+    vs:{news}#versions        set of versions that exist, complete or staging
+    vs:{news}:3#meta          hash: dim, dtype, count, checksum, state, ...
+    vs:{news}:3#i2k:17        tokens 17*1024 .. 17*1024+1023, joined by "\\n"
+    vs:{news}:3#vset          Redis 8 vector set (similarity index)
+    vs:{news}:3#vset-build    vector set being built, renamed to #vset when done
+    vs:{news}:3#vset-lock     index builder lock (SET NX PX, value names the owner)
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
     vs:news:3#ng:<bucket>     fastText models: n-gram bucket row, same layout
                               (vector bytes + uint32 bucket number)
 
-Token keys and structure keys of a version cannot collide: tokens always
-follow ``:`` and structures follow ``#``, and model names may contain neither.
+On a Redis Cluster, the ``{news}`` hash tag keeps a model's structure keys in
+one slot (so the alias, the metadata and the index->token chunks are read and
+written together, atomically), while its token and n-gram keys, without a
+tag, spread over every node. Structure keys start ``vs:{``, which no token
+key does (model names hold no ``{``); within a version, tokens always follow
+``:`` and structures ``#``, and model names may contain neither.
 
 >>> k = Keys("news")
 >>> k.token_prefix(3) + "car".encode()
 b'vs:news:3:car'
 >>> k.current
-'vs:news#current'
+'vs:{news}#current'
 """
 from __future__ import annotations
 
@@ -69,39 +73,44 @@ class Keys:
         return f"{self.prefix}:{self.name}"
 
     @property
+    def tagged(self) -> str:
+        """``prefix:{name}``: the start of every structure key (one cluster hash slot)."""
+        return f"{self.prefix}:{{{self.name}}}"
+
+    @property
     def models(self) -> str:
         return models_key(self.prefix)
 
     @property
     def current(self) -> str:
-        return f"{self.base}#current"
+        return f"{self.tagged}#current"
 
     @property
     def seq(self) -> str:
-        return f"{self.base}#seq"
+        return f"{self.tagged}#seq"
 
     @property
     def lock(self) -> str:
-        return f"{self.base}#lock"
+        return f"{self.tagged}#lock"
 
     @property
     def versions(self) -> str:
-        return f"{self.base}#versions"
+        return f"{self.tagged}#versions"
 
     def meta(self, version: int) -> str:
-        return f"{self.base}:{version}#meta"
+        return f"{self.tagged}:{version}#meta"
 
     def i2k(self, version: int, chunk: int) -> str:
-        return f"{self.base}:{version}#i2k:{chunk}"
+        return f"{self.tagged}:{version}#i2k:{chunk}"
 
     def vset(self, version: int) -> str:
-        return f"{self.base}:{version}#vset"
+        return f"{self.tagged}:{version}#vset"
 
     def vset_build(self, version: int) -> str:
-        return f"{self.base}:{version}#vset-build"
+        return f"{self.tagged}:{version}#vset-build"
 
     def vset_lock(self, version: int) -> str:
-        return f"{self.base}:{version}#vset-lock"
+        return f"{self.tagged}:{version}#vset-lock"
 
     def token_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a UTF-8 token to get its vector key."""
@@ -121,6 +130,10 @@ class Keys:
     def ngram(self, version: int, bucket: int) -> bytes:
         return self.ngram_prefix(version) + str(bucket).encode()
 
-    def version_pattern(self, version: int) -> str:
-        """SCAN pattern matching every key of one version (tokens and structures)."""
-        return f"{self.base}:{version}[:#]*"
+    def version_patterns(self, version: int) -> tuple[str, str]:
+        """SCAN patterns matching every key of one version: structures, tokens and n-grams.
+
+        >>> Keys("news").version_patterns(3)
+        ('vs:{news}:3#*', 'vs:news:3[:#]*')
+        """
+        return f"{self.tagged}:{version}#*", f"{self.base}:{version}[:#]*"

@@ -61,17 +61,18 @@ from typing import Any
 import hiredis
 import numpy as np
 import redis
+from redis.crc import key_slot
 from tqdm import tqdm
 
 from .codec import Codec, Meta, check_dtype
-from .connection import connection
 from .errors import CorruptValueError, LoadError, LoadInProgressError, ModelNotFoundError
 from .fasttext import FastTextReader
-from .index import IndexOptions, build_index, check_vector_sets, read_status, server_id
+from .index import IndexOptions, build_index, check_vector_sets, read_status
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys, models_key
 from .lock import Lock
 from .readers import DEFAULT_BATCH, Reader, open_vectors
 from .subword import SubwordParams
+from .topology import ClusterDeployment, Deployment, deployment
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +149,10 @@ def load(source: Any, name: str, *, url: str | None = None,
     keys = Keys(name, prefix)
     check_dtype(dtype)
     with open_vectors(source, fmt, limit=limit, batch_size=batch_size) as reader, \
-            connection(url, client) as r, _lock(r, keys) as lock:
+            deployment(url, client) as d, _lock(d.client, keys) as lock:
+        r = d.client
         if index is not None:
-            check_vector_sets(r.execute_command, server_id(r), keys.vset(0))
+            check_vector_sets(r.execute_command, d.node_name(keys.vset(0)), keys.vset(0))
         _remove_leftovers(r, keys)
         old = _replaceable_version(r, keys)
         if index is None and old is not None and read_status(r.execute_command, keys, old).ready:
@@ -166,13 +168,13 @@ def load(source: Any, name: str, *, url: str | None = None,
                         source=reader.source, extra={"format": reader.fmt})
             r.hset(keys.meta(version), mapping=meta.to_hash())
             started = time.monotonic()
-            meta.count, meta.checksum = _write(r, keys, version, reader, Codec(reader.dim, dtype),
+            meta.count, meta.checksum = _write(d, keys, version, reader, Codec(reader.dim, dtype),
                                                lock, progress)
             if not meta.count:
                 raise LoadError(f"{reader.source}: no vectors to load")
             if isinstance(reader, FastTextReader) and reader.params is not None:
                 # fastText .bin: its n-gram buckets and their parameters, still unpublished
-                meta.extra.update(_write_ngrams(r, keys, version, reader,
+                meta.extra.update(_write_ngrams(d, keys, version, reader,
                                                 Codec(reader.dim, dtype), lock, progress))
             meta.extra["load_seconds"] = f"{time.monotonic() - started:.3f}"
             if index is not None:
@@ -212,16 +214,15 @@ def drop(name: str, *, url: str | None = None, client: redis.Redis | None = None
         LoadInProgressError: a load of ``name`` is running.
     """
     keys = Keys(name, prefix)
-    with connection(url, client) as r, _lock(r, keys):
+    with deployment(url, client) as d, _lock(d.client, keys):
+        r = d.client
         current = _replaceable_version(r, keys)
         versions = {int(v) for v in r.smembers(keys.versions)}
         if (current is None and not versions and not r.sismember(keys.models, name)
                 and not r.exists(keys.current)):
             raise ModelNotFoundError(f"no model named {name!r} under prefix {prefix!r}")
-        with r.pipeline() as pipe:
-            pipe.delete(keys.current, keys.versions)
-            pipe.srem(keys.models, name)
-            deleted = pipe.execute()[0]
+        deleted = r.delete(keys.current, keys.versions)  # one slot (see keys.py)
+        r.srem(keys.models, name)
         for version in sorted(versions | ({current} if current is not None else set())):
             deleted += _delete_version(r, keys, version)
         return deleted
@@ -234,8 +235,8 @@ def list_models(*, url: str | None = None, client: redis.Redis | None = None,
     >>> list_models()                                                  # doctest: +SKIP
     ['glove', 'news']
     """
-    with connection(url, client) as r:
-        return sorted(n.decode() for n in r.smembers(models_key(prefix)))
+    with deployment(url, client) as d:
+        return sorted(n.decode() for n in d.client.smembers(models_key(prefix)))
 
 
 def info(name: str, *, url: str | None = None, client: redis.Redis | None = None,
@@ -250,7 +251,8 @@ def info(name: str, *, url: str | None = None, client: redis.Redis | None = None
     (300, 3000000, [7], 3843)
     """
     keys = Keys(name, prefix)
-    with connection(url, client) as r:
+    with deployment(url, client) as d:
+        r = d.client
         meta = _current_meta(r, keys)
         versions = sorted(int(v) for v in r.smembers(keys.versions))
         holder = r.get(keys.lock)
@@ -282,9 +284,10 @@ def verify(name: str, *, url: str | None = None, client: redis.Redis | None = No
     (True, 3000000)
     """
     keys = Keys(name, prefix)
-    with connection(url, client) as r:
+    with deployment(url, client) as d:
+        r = d.client
         meta = _current_meta(r, keys)
-        check = _TokenCheck(r, keys, meta)
+        check = _TokenCheck(d, keys, meta)
         chunks = -(-meta.count // I2K_CHUNK)
         for chunk in range(chunks):
             check.chunk(chunk, last=chunk == chunks - 1)
@@ -306,8 +309,8 @@ def verify(name: str, *, url: str | None = None, client: redis.Redis | None = No
 class _TokenCheck:
     """The state of one :func:`verify` run: problems found, tokens seen, checksum so far."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, meta: Meta) -> None:
-        self.r, self.keys, self.meta = r, keys, meta
+    def __init__(self, d: Deployment, keys: Keys, meta: Meta) -> None:
+        self.d, self.r, self.keys, self.meta = d, d.client, keys, meta
         self.codec = meta.codec()
         self.token_prefix = keys.token_prefix(meta.version)
         self.digest = hashlib.blake2b()
@@ -346,7 +349,7 @@ class _TokenCheck:
         except UnicodeDecodeError as exc:
             self.problem(f"{where}: invalid UTF-8 at byte {exc.start}")
         names = [self.token_prefix + t for t in tokens]
-        values = self.r.mget(names)
+        values = self.d.mget(names)
         problems = self._value_problems(values, first)
         retyped = [i for i, v in enumerate(values) if v is None]
         if retyped:
@@ -422,7 +425,7 @@ class _TokenCheck:
         names = [n for n in names if n not in self.named]
         if not names:
             return
-        values = self.r.mget(names)
+        values = self.d.mget(names)
         start = len(self.token_prefix)
         for name, value in zip(names, values, strict=True):
             token = name[start:]
@@ -450,13 +453,13 @@ class _TokenCheck:
 # --- writing ------------------------------------------------------------------------
 
 
-def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Codec,
+def _write(d: Deployment, keys: Keys, version: int, reader: Reader, codec: Codec,
            lock: Lock, progress: bool) -> tuple[int, str]:
     """Write every batch of ``reader`` as ``version``; return (count, checksum)."""
     pending: list[str] = []  # tokens of the index->token chunk being filled
     chunk = count = 0
     packer = _Packer(keys.token_prefix(version), codec)
-    writer = _Writer(r, reader, codec, packer.prefix)
+    writer = _Writer(d, reader, codec, packer)
     try:
         with tqdm(total=reader.count, unit=" vectors", unit_scale=True, disable=not progress,
                   desc=f"loading {keys.name}", mininterval=0.5) as bar:
@@ -471,7 +474,8 @@ def _write(r: redis.Redis, keys: Keys, version: int, reader: Reader, codec: Code
                     chunks.append((keys.i2k(version, chunk), "\n".join(pending[:I2K_CHUNK])))
                     del pending[:I2K_CHUNK]
                     chunk += 1
-                writer.send(_Job(first, tokens, raw, *packer.pack(raw, vectors, first), chunks))
+                writer.send(_Job(first, tokens, raw, *packer.pack(raw, vectors, first), chunks,
+                                 vectors))
                 count += len(raw)
                 bar.update(len(raw))
             if pending:
@@ -544,6 +548,7 @@ class _Job:
     command: bytes
     hashed: bytes
     chunks: list[tuple[str, str]]
+    vectors: np.ndarray | None = None  # for a cluster, which needs one MSETNX per hash slot
 
 
 class _Writer:
@@ -554,14 +559,17 @@ class _Writer:
     (blake2b releases the GIL). Errors of the thread, such as a duplicate token
     found by ``MSETNX``, are raised in the caller at its next :meth:`send` or at
     :meth:`close`. Once :meth:`stop` returns, Redis has executed everything that
-    was sent.
+    was sent. On a cluster a job is one ``MSETNX`` per hash slot, every node's
+    share sent at once (:meth:`Deployment.calls`), one job at a time.
     """
 
-    def __init__(self, r: redis.Redis, reader: Reader, codec: Codec, prefix: bytes,
+    def __init__(self, d: Deployment, reader: Reader, codec: Codec, packer: _Packer,
                  depth: int = 4) -> None:
-        self.r, self.reader, self.codec, self.prefix = r, reader, codec, prefix
+        self.d, self.reader, self.codec, self.prefix = d, reader, codec, packer.prefix
+        self.r = d.client
         self.digest = hashlib.blake2b()
-        self._conn = r.connection_pool.get_connection()
+        self._cluster = isinstance(d, ClusterDeployment)
+        self._conn = None if self._cluster else self.r.connection_pool.get_connection()
         self._jobs: queue.Queue[_Job | None] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="vectorstore writer", daemon=True)
@@ -592,6 +600,9 @@ class _Writer:
             if self._error is not None:
                 continue  # keep draining, so the caller never blocks
             try:
+                if self._cluster:
+                    self._write_sharded(job)
+                    continue
                 self._conn.send_packed_command(self._pack(job), check_health=False)
                 unread.append(job)
                 if len(unread) > 1:
@@ -603,8 +614,10 @@ class _Writer:
                 self._finish(unread.popleft())
             except BaseException as exc:
                 self._error = self._error or exc
-        self._conn.disconnect()  # a failed job may have left replies unread
-        self.r.connection_pool.release(self._conn)
+        if self._conn is not None:
+            self._conn.disconnect()  # a failed job may have left replies unread
+            self.r.connection_pool.release(self._conn)
+        self.d.disconnect()
 
     @staticmethod
     def _pack(job: _Job) -> list[bytes]:
@@ -614,14 +627,38 @@ class _Writer:
 
     def _finish(self, job: _Job) -> None:
         """Read the replies to ``job``; hash it, or raise for a duplicate token."""
+        assert self._conn is not None
         replies = [self._conn.read_response() for _ in range(bool(job.raw) + len(job.chunks))]
         if job.raw and not replies[0]:
-            existing = self.r.mget([self.prefix + t for t in job.raw])
-            i = next(i for i, v in enumerate(existing) if v is not None)
-            earlier = int(self.codec.decode_indexes([existing[i]])[0])
-            raise self.reader.error(job.first + i, f"duplicate token {job.tokens[i]!r} "
-                                                   f"(first at {self.reader.locate(earlier)})")
+            self._duplicate(job, range(len(job.raw)))
         self.digest.update(job.hashed)
+
+    def _write_sharded(self, job: _Job) -> None:
+        """Write ``job`` on a cluster: one ``MSETNX`` per hash slot; hash it, or raise for
+        a duplicate token."""
+        assert job.vectors is not None or not job.raw
+        values = self.codec.encode(job.vectors, job.first) if job.raw else []
+        slots: dict[int, list[int]] = {}
+        for i, t in enumerate(job.raw):
+            slots.setdefault(key_slot(self.prefix + t), []).append(i)
+        groups = list(slots.values())
+        commands: list[tuple[Any, ...]] = [
+            ("MSETNX", *[x for i in at for x in (self.prefix + job.raw[i], values[i])])
+            for at in groups]
+        commands += [("SET", key, tokens) for key, tokens in job.chunks]
+        replies = self.d.calls(commands)
+        refused = [i for at, ok in zip(groups, replies) if not ok for i in at]
+        if refused:
+            self._duplicate(job, refused)
+        self.digest.update(job.hashed)
+
+    def _duplicate(self, job: _Job, among: Sequence[int]) -> None:
+        """Raise the LoadError for the first token of ``among`` already stored."""
+        existing = self.d.mget([self.prefix + job.raw[i] for i in among])
+        i = next(i for i, v in zip(among, existing) if v is not None)
+        earlier = int(self.codec.decode_indexes([existing[among.index(i)]])[0])
+        raise self.reader.error(job.first + i, f"duplicate token {job.tokens[i]!r} "
+                                               f"(first at {self.reader.locate(earlier)})")
 
 
 def _checksum_input(tokens: Sequence[bytes], values: Sequence[bytes], payload: int) -> bytes:
@@ -645,12 +682,12 @@ def _check_float16(reader: Reader, vectors: np.ndarray, first: int) -> None:
 # --- fastText n-gram buckets (vectorstore.fasttext, vectorstore.subword) ----------------
 
 
-def _write_ngrams(r: redis.Redis, keys: Keys, version: int, reader: FastTextReader,
+def _write_ngrams(d: Deployment, keys: Keys, version: int, reader: FastTextReader,
                   codec: Codec, lock: Lock, progress: bool) -> dict[str, str]:
     """Write every n-gram bucket row of ``reader`` as ``version``; return its metadata fields."""
     assert reader.params is not None
     packer = _Packer(keys.ngram_prefix(version), codec)
-    writer = _Writer(r, reader, codec, packer.prefix)
+    writer = _Writer(d, reader, codec, packer)
     try:
         with tqdm(total=reader.params.bucket, unit=" buckets", unit_scale=True,
                   disable=not progress, desc=f"n-grams {keys.name}", mininterval=0.5) as bar:
@@ -659,7 +696,7 @@ def _write_ngrams(r: redis.Redis, keys: Keys, version: int, reader: FastTextRead
                 _check_ngrams(reader, rows, first, codec.dtype)
                 numbers = [str(b) for b in range(first, first + len(rows))]
                 raw = _utf8(numbers)
-                writer.send(_Job(first, numbers, raw, *packer.pack(raw, rows, first), []))
+                writer.send(_Job(first, numbers, raw, *packer.pack(raw, rows, first), [], rows))
                 bar.update(len(rows))
             writer.close()
     finally:
@@ -691,20 +728,23 @@ def _ngram_bytes(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     return int(sum(sizes) / len(sizes) * params.bucket) if sizes else 0
 
 
+# If KEYS[1] (the lock) holds ARGV[1] (our name): write the metadata hash KEYS[2] (fields in
+# ARGV[3:]) and point the alias KEYS[3] at version ARGV[2], in one step. The keys share the
+# model's hash slot (keys.py), so this works on a cluster as on one server.
+_PUBLISH = ("if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+            "redis.call('HSET', KEYS[2], unpack(ARGV, 3)) "
+            "redis.call('SET', KEYS[3], ARGV[2]) return 1")
+
+
 def _publish(r: redis.Redis, keys: Keys, meta: Meta, lock: Lock) -> None:
-    """Mark ``meta``'s version ready and point the alias at it, if we still hold the lock."""
-    with r.pipeline() as pipe:
-        try:
-            pipe.watch(keys.lock)
-            if pipe.get(keys.lock) != lock.owner.encode():
-                raise lock.lost()
-            pipe.multi()
-            pipe.hset(keys.meta(meta.version), mapping=meta.to_hash())
-            pipe.set(keys.current, meta.version)
-            pipe.sadd(keys.models, keys.name)
-            pipe.execute()
-        except redis.WatchError:
-            raise lock.lost() from None
+    """Mark ``meta``'s version ready and point the alias at it, if we still hold the lock;
+    then list the model (the models set is in another slot: a crash in between leaves the
+    model served but unlisted until its next load)."""
+    fields = [x for pair in meta.to_hash().items() for x in pair]
+    if not r.eval(_PUBLISH, 3, keys.lock, keys.meta(meta.version), keys.current,
+                  lock.owner, meta.version, *fields):
+        raise lock.lost()
+    r.sadd(keys.models, keys.name)
 
 
 def _lock(r: redis.Redis, keys: Keys) -> Lock:
@@ -717,11 +757,12 @@ def _delete_version(r: redis.Redis, keys: Keys, version: int) -> int:
     """Delete every key of ``version`` and unregister it; return the number deleted."""
     deleted = 0
     batch: list[bytes] = []
-    for key in r.scan_iter(match=keys.version_pattern(version), count=SCAN_COUNT):
-        batch.append(key)
-        if len(batch) >= SCAN_COUNT:
-            deleted += r.unlink(*batch)
-            batch.clear()
+    for pattern in keys.version_patterns(version):
+        for key in r.scan_iter(match=pattern, count=SCAN_COUNT):
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                deleted += r.unlink(*batch)
+                batch.clear()
     if batch:
         deleted += r.unlink(*batch)
     r.srem(keys.versions, version)

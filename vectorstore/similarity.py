@@ -69,20 +69,21 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from gensim import matutils, utils
 from scipy import stats
 
 from .errors import IndexNotReadyError, VectorStoreError
-from .index import IndexStatus, check_vector_sets, q8_error, read_status, server_id
+from .index import IndexStatus, check_vector_sets, q8_error, read_status
 
 if TYPE_CHECKING:
     import redis
 
     from .keys import Keys
     from .store import _Version
+    from .topology import Deployment
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ class SimilarityMixin:
         def _sync(self) -> bool: ...
         def _call(self, *args: Any) -> Any: ...
         def _fast_call(self, *args: Any) -> Any: ...
+        def _values(self, names: Sequence[bytes]) -> list[bytes | None]: ...
+        @property
+        def deployment(self) -> Deployment: ...
         def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes],
                     expected: np.ndarray | None = None) -> np.ndarray: ...
         def __getitem__(self, key_or_keys: Any) -> np.ndarray: ...
@@ -638,9 +642,7 @@ class SimilarityMixin:
         """``(first index, tokens, vectors)`` for [lo, hi) in chunks of SCAN_CHUNK."""
         for start in range(lo, hi, SCAN_CHUNK):
             tokens = view.index_to_key[start:min(hi, start + SCAN_CHUNK)]
-            values = self._fast_call("MGET", *[view.prefix + t.encode() for t in tokens])
-            if None in values:
-                raise _Stale()
+            values = self._present(self._values([view.prefix + t.encode() for t in tokens]))
             yield start, tokens, self._decode(view, tokens, values,
                                               np.arange(start, start + len(tokens), dtype=np.uint32))
 
@@ -668,7 +670,7 @@ class SimilarityMixin:
         seen = self.__dict__.get("_index_seen")
         if seen and seen[0] == version and time.monotonic() - seen[1] < self.refresh:
             return seen[2]
-        check_vector_sets(self._call, server_id(self.redis),
+        check_vector_sets(self._call, self.deployment.node_name(self.keys.vset(version)),
                           self.keys.vset(version))
         status = read_status(self._call, self.keys, version)
         if not status.ready:
@@ -694,11 +696,16 @@ class SimilarityMixin:
 
     def _fetch(self, view: _Version, names: Sequence[bytes]) -> _Rows:
         """Raw vectors and indexes of elements named by the index (one MGET)."""
-        values = self._fast_call("MGET", *[view.prefix + n for n in names]) if names else []
-        if None in values:
-            raise _Stale()
+        values = self._present(self._values([view.prefix + n for n in names]))
         tokens = [n.decode("utf-8") for n in names]
         return _Rows(tokens, self._decode(view, tokens, values), view.codec.decode_indexes(values))
+
+    @staticmethod
+    def _present(values: list[bytes | None]) -> list[bytes]:
+        """``values`` of keys the index names: a nil means the version is being deleted."""
+        if None in values:
+            raise _Stale()
+        return cast("list[bytes]", values)
 
     def _lookup(self, view: _Version,
                 keys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -714,7 +721,7 @@ class SimilarityMixin:
             else:
                 raise TypeError(f"keys must be str or int, got {type(k).__name__} {k!r}")
         names = [view.prefix + t.encode() for t in tokens if t is not None]
-        it = iter(self._fast_call("MGET", *names) if names else [])
+        it = iter(self._values(names))
         values = [next(it) if t is not None else None for t in tokens]
         missing = [i for i, v in enumerate(values) if v is None]
         if missing and self._sync():

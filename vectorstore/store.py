@@ -14,7 +14,6 @@ metadata and a bounded cache of hot vectors. A batch of tokens is one MGET.
 from __future__ import annotations
 
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,26 +21,25 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple, TypeVar, cast
 
-import hiredis
 import numpy as np
 import redis
 from gensim.models import KeyedVectors
 
 from .cache import MISSING, UNKNOWN, VectorCache
 from .codec import Codec, Meta, alias_version
-from .connection import connect, redact, resolve_url
+from .connection import redact, resolve_url
 from .errors import (
     CorruptValueError,
     ModelNotFoundError,
     NotInMemoryError,
     NotPicklableError,
     ReadOnlyError,
-    StoreUnavailableError,
     VectorStoreError,
 )
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .similarity import SimilarityMixin, _Stale, weighted_mean
 from .subword import NgramPlan, SubwordParams
+from .topology import Deployment, Moved, connect_deployment, unavailable
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
@@ -118,8 +116,7 @@ def _reset_counters() -> None:
 os.register_at_fork(after_in_child=_reset_counters)
 
 
-class _Moved(Exception):
-    """The model's alias moved to another version during a read."""
+_Moved = Moved  # the model's alias moved to another version during a read
 
 
 class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
@@ -158,9 +155,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         self.refresh = refresh
         self.exact = exact
         self._given_client = client
-        self._client: redis.Redis | None = client
+        self._deployment: Deployment | None = None
         self._pid = os.getpid()
-        self._local = threading.local()
         self._view: _Version | None = None
         self._checked = -float("inf")
         self._counts = Counters()
@@ -173,55 +169,46 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
     # --- connection and version -------------------------------------------------
 
     @property
-    def redis(self) -> redis.Redis:  # type: ignore[override]  # the mixin declares an attribute
-        """This process's client (re-created after a fork when built from a URL)."""
-        if self._client is None or (self._pid != os.getpid() and self._given_client is None):
-            self._client = connect(self.url)
+    def deployment(self) -> Deployment:
+        """This process's way to Redis (:mod:`vectorstore.topology`: one server, replicas or
+        a cluster), re-created after a fork when built from a URL."""
+        if self._deployment is None or (self._pid != os.getpid() and self._given_client is None):
+            try:
+                self._deployment = connect_deployment(self.url, self._given_client)
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise unavailable(exc, self.url) from exc
             self._pid = os.getpid()
-        return self._client
+        return self._deployment
 
-    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
-        where = redact(self.url) if self.url else "the given client"
-        return StoreUnavailableError(
-            f"Redis at {where} unreachable after retries ({type(exc).__name__}: {exc})")
+    @property
+    def redis(self) -> redis.Redis:  # type: ignore[override]  # the mixin declares an attribute
+        """This process's redis-py client (a ``RedisCluster`` on a cluster)."""
+        return cast(redis.Redis, self.deployment.client)
 
     def _call(self, *args: Any) -> Any:
-        self._counts.round_trips += 1
-        try:
-            return self.redis.execute_command(*args)
-        except redis.AuthenticationError:
-            raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
-
-    def _fast_call(self, *args: Any) -> Any:
-        """``_call`` on a connection of this thread's own, skipping the pool (~40 us less)."""
+        """One command on the primary owning its key (``args[1]``), one round trip."""
         return self._fast_calls([args])[0]
 
+    _fast_call = _call
+
     def _fast_calls(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Replies to ``commands``, sent together (one round trip) like :meth:`_fast_call`."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = local.conn = cast(redis.Connection, self.redis.connection_pool.make_connection())
-            local.pid = os.getpid()
-        packed = [hiredis.pack_command(tuple(c)) for c in commands]
-        self._counts.round_trips += 1
+        """Replies to ``commands`` (each on its key's primary), about one round trip."""
+        return self._counted(lambda d: d.calls(commands))
 
-        def send() -> list[Any]:
-            conn.send_packed_command(packed, check_health=False)
-            try:
-                return [conn.read_response() for _ in packed]
-            except redis.ResponseError:  # replies left unread: this connection is out of step
-                conn.disconnect()
-                raise
+    def _values(self, names: Sequence[bytes]) -> list[bytes | None]:
+        """Values of the string keys ``names`` (:meth:`Deployment.mget`: any slots, replicas)."""
+        return self._counted(lambda d: d.mget(names))
 
+    def _counted(self, work: Callable[[Deployment], T]) -> T:
+        """``work(deployment)``, its round trips added to this process's counters."""
+        d = self.deployment
+        before = d.round_trips
         try:
-            return conn.retry.call_with_retry(send, lambda _: conn.disconnect())
-        except redis.AuthenticationError:
-            raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+            return work(d)
+        finally:
+            self._counts.round_trips += d.round_trips - before
 
     def _current(self) -> _Version:
         if time.monotonic() - self._checked >= self.refresh or self._view is None:
@@ -307,10 +294,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         except AttributeError:
             bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
-        version, *values = self._fast_call("MGET", self.keys.current, *names)
-        if version != view.alias:
-            raise _Moved
-        return values
+        return self._counted(lambda d: d.versioned_mget(self.keys.current, view.alias, names))
 
     def _on_current(self, read: Callable[[_Version], T]) -> T:
         """``read(view)`` on the version the alias points to, following flips."""
@@ -712,22 +696,21 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if not buckets:
             return np.zeros((0, view.codec.dim), dtype=np.float32)
         prefix = self.keys.ngram_prefix(view.meta.version)
-        version, *values = self._fast_call("MGET", self.keys.current,
-                                           *[prefix + b"%d" % b for b in buckets])
-        if version != view.alias:
-            raise _Moved
+        values = self._counted(lambda d: d.versioned_mget(
+            self.keys.current, view.alias, [prefix + b"%d" % b for b in buckets]))
         if None in values:
             bucket = buckets[values.index(None)]
             raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: its "
                                     f"n-gram bucket {bucket} ({(prefix + b'%d' % bucket).decode()}) "
                                     f"is missing: reload the model")
-        stored = view.codec.decode_indexes(values)
+        present = cast("list[bytes]", values)
+        stored = view.codec.decode_indexes(present)
         if not np.array_equal(stored, buckets):
             bad = int(np.flatnonzero(stored != np.asarray(buckets))[0])
             raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: the value "
                                     f"of n-gram bucket {buckets[bad]} carries bucket "
                                     f"{int(stored[bad])}: reload the model")
-        return view.codec.decode(values)
+        return view.codec.decode(present)
 
     def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
                       norm: bool) -> dict[int, np.ndarray]:
@@ -865,13 +848,12 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         Call it before forking when the parent used the handle (e.g. to
         :meth:`prewarm`), so no child shares the parent's sockets.
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.disconnect()
-            self._local.conn = None
-        if self._client is not None and self._given_client is None:
-            self._client.close()
-            self._client = None
+        if self._deployment is not None:
+            if self._given_client is None:
+                self._deployment.close()
+                self._deployment = None
+            else:
+                self._deployment.disconnect()
 
     # --- what a Redis-backed model does not do -------------------------------------
 
