@@ -5,8 +5,10 @@ synthetic model, starts ``celery -A tasks worker`` under a supervisor that resta
 whenever it exits (what compose's ``restart: unless-stopped`` does), sends many
 ``tasks.vectorize_document`` tasks from a client that uses :func:`tasks.client.wait`,
 injects one fault in the middle of the run, and compares every result with the model in
-memory. Layouts: ``one`` Redis for vectors, queue and results (the compose layout), or
-``separate`` Redis servers for the vectors and for the queue and results.
+memory. Layouts: ``one`` Redis for vectors, queue and results (the compose layout),
+``separate`` Redis servers for the vectors and for the queue and results, ``cluster``
+(vectors on a Redis Cluster of 3 masters + 3 replicas, queue and results on their own
+Redis) or ``replicas`` (vectors on a primary with 2 replicas that the workers read from).
 
     python -m benchmarks.reliability            # quick: ~4 minutes, writes benchmarks/RELIABILITY.md
     python -m benchmarks.reliability --tasks 20000 --out /tmp/r.md
@@ -46,7 +48,7 @@ from tasks import as_array
 from tasks.client import Sent, client_app, send, wait
 from tasks.errors import TaskInputError
 from vectorstore.loader import load
-from vectorstore.server import EmbeddedRedis
+from vectorstore.server import EmbeddedCluster, EmbeddedRedis, EmbeddedReplicaSet
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "RELIABILITY.md"
@@ -110,12 +112,14 @@ class Supervisor:
     """Runs ``celery -A tasks worker`` and starts it again whenever it exits, as
     ``restart: unless-stopped`` does; counts the restarts."""
 
-    def __init__(self, broker_url: str, store_url: str, log_path: Path, args: list[str]) -> None:
+    def __init__(self, broker_url: str, store_url: str, log_path: Path, args: list[str],
+                 env: dict[str, str] | None = None) -> None:
         self.cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=INFO",
                     "--without-heartbeat", "--without-gossip", "--without-mingle",
                     "--hostname=reliability@%h", *args]
         self.env = {**os.environ, **WORKER_ENV, "CELERY_BROKER_URL": broker_url,
-                    "CELERY_RESULT_BACKEND": broker_url, "VECTORSTORE_URL": store_url}
+                    "CELERY_RESULT_BACKEND": broker_url, "VECTORSTORE_URL": store_url,
+                    **(env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.restarts = 0
@@ -210,7 +214,7 @@ class Run:
     """The servers, worker and client of one scenario."""
 
     layout: str
-    vectors: Server
+    vectors: Any  # Server, EmbeddedCluster or EmbeddedReplicaSet (see environment)
     broker: Server
     worker: Supervisor
     app: Celery
@@ -220,15 +224,26 @@ class Run:
 @contextmanager
 def environment(layout: str, work: Path, pool: int = 2) -> Iterator[Run]:
     """Redis server(s) of ``layout``, the model loaded, a supervised worker, a client."""
-    vectors = Server(work / "vectors")
+    env: dict[str, str] = {}
+    vectors: Any
+    if layout == "cluster":
+        vectors = EmbeddedCluster(3, 1).start()
+    elif layout == "replicas":
+        vectors = EmbeddedReplicaSet(replicas=2).start()
+        env = {"VECTORSTORE_READ_FROM": "replicas",
+               "VECTORSTORE_REPLICA_URLS": ",".join(vectors.replica_urls)}
+    else:
+        vectors = Server(work / "vectors")
     broker = vectors if layout == "one" else Server(work / "broker")
     worker = app = None
     try:
         kv = model()
         load(kv, "m", url=vectors.url, progress=False)
+        if layout == "replicas":
+            vectors.wait_synced()
         broker_url = broker.url.rsplit("/", 1)[0] + ("/1" if broker is vectors else "/0")
         worker = Supervisor(broker_url, vectors.url, work / "worker.log",
-                            [f"--concurrency={pool}"]).start()
+                            [f"--concurrency={pool}"], env).start()
         app = client_app(broker_url)
         yield Run(layout, vectors, broker, worker, app, kv)
         gc.collect()  # results unsubscribe while Redis still runs
@@ -390,6 +405,9 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], str]] = {
     "worker-kill": (("one",), "the worker and its pool SIGKILLed (supervisor restarts it)"),
     "undecodable": (("one",), "task messages kombu cannot decode (huge int, bad __type__)"),
     "fuzz": (("one",), "random hostile task arguments"),
+    "master-kill": (("cluster",), "vectors: a cluster master SIGKILLed (its replica takes over)"),
+    "replica-kill": (("replicas",), "vectors: both read replicas SIGKILLed (reads go to the "
+                                    "primary)"),
 }
 
 
@@ -405,6 +423,8 @@ def scenario(name: str, layout: str, count: int, work: Path) -> Outcome:
             "vectors-kill": lambda: run.vectors.restart("kill"),
             "pool-kill": lambda: os.kill(run.worker.pool_pids()[0], signal.SIGKILL),
             "worker-kill": run.worker.kill,
+            "master-kill": lambda: run.vectors.node_for_slot(0).kill(),
+            "replica-kill": lambda: [r.kill() for r in run.vectors.replicas],
         }
         if name == "undecodable":
             undecodable(run, count, outcome)
