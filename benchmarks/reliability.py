@@ -411,6 +411,11 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def _kill_all(servers: list[EmbeddedRedis]) -> None:
+    for server in servers:
+        server.kill()
+
+
 def scenario(name: str, layout: str, count: int, work: Path) -> Outcome:
     """Run scenario ``name`` in ``layout`` with ``count`` tasks; its :class:`Outcome`."""
     outcome = Outcome(name, layout, count)
@@ -424,7 +429,7 @@ def scenario(name: str, layout: str, count: int, work: Path) -> Outcome:
             "pool-kill": lambda: os.kill(run.worker.pool_pids()[0], signal.SIGKILL),
             "worker-kill": run.worker.kill,
             "master-kill": lambda: run.vectors.node_for_slot(0).kill(),
-            "replica-kill": lambda: [r.kill() for r in run.vectors.replicas],
+            "replica-kill": lambda: _kill_all(run.vectors.replicas),
         }
         if name == "undecodable":
             undecodable(run, count, outcome)

@@ -82,8 +82,8 @@ if TYPE_CHECKING:
     import redis
 
     from .keys import Keys
-    from .store import _Version
     from .topology import Deployment
+    from .view import View
 
 logger = logging.getLogger(__name__)
 
@@ -187,18 +187,18 @@ class SimilarityMixin:
         refresh: float
         keys: Keys
         redis: redis.Redis
-        def _current(self) -> _Version: ...
+        def _current(self) -> View: ...
         def _sync(self) -> bool: ...
         def _call(self, *args: Any) -> Any: ...
         def _fast_call(self, *args: Any) -> Any: ...
         def _values(self, names: Sequence[bytes]) -> list[bytes | None]: ...
         @property
         def deployment(self) -> Deployment: ...
-        def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes],
+        def _decode(self, view: View, tokens: Sequence[str], values: Sequence[bytes],
                     expected: np.ndarray | None = None) -> np.ndarray: ...
         def __getitem__(self, key_or_keys: Any) -> np.ndarray: ...
         def get_vector(self, key: Key, norm: bool = False) -> np.ndarray: ...
-        def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
+        def _subword_rows(self, view: View, keys: Sequence[Any], indexes: np.ndarray,
                           norm: bool) -> dict[int, np.ndarray]: ...
         # gensim's KeyedVectors helpers
         def cosine_similarities(self, vector_1: np.ndarray, vectors_all: np.ndarray) -> np.ndarray: ...
@@ -232,7 +232,7 @@ class SimilarityMixin:
                 keys.append(item[0])
                 weight[i] = item[1]
 
-        def run(view: _Version) -> Any:
+        def run(view: View) -> Any:
             lo, hi = (0, restrict_vocab) if restrict_vocab else (clip_start, clip_end)
             lo, hi = self._range(view, lo, hi)
             mean, present = self._mean(view, keys, weight, True, True, False)
@@ -282,7 +282,7 @@ class SimilarityMixin:
         if not positive:
             raise ValueError("cannot compute similarity with no input")
 
-        def run(view: _Version) -> Any:
+        def run(view: View) -> Any:
             words = [w for w in positive + negative if isinstance(w, str)]
             vectors, indexes, missing = self._lookup(view, words)
             if missing:
@@ -325,7 +325,7 @@ class SimilarityMixin:
         One exact scan in Redis when few keys are closer; streams every vector
         when ``key2`` is far (more than 8192 closer keys).
         """
-        def run(view: _Version) -> list[str]:
+        def run(view: View) -> list[str]:
             vectors, indexes, missing = self._lookup(view, [key1, key2])
             if missing:
                 raise KeyError(f"Key '{(key1, key2)[missing[0]]}' not present")
@@ -362,7 +362,7 @@ class SimilarityMixin:
         if other_words:
             return 1 - self.cosine_similarities(vector, self[list(other_words)])
 
-        def run(view: _Version) -> np.ndarray:
+        def run(view: View) -> np.ndarray:
             return 1 - self._scan_all(view, lambda rows, pad: _cosines(vector, rows, pad),
                                       0, view.meta.count)
         return self._run(run)
@@ -388,7 +388,7 @@ class SimilarityMixin:
         if not (len(ws1) and len(ws2)):
             raise ZeroDivisionError('At least one of the passed list is empty.')
 
-        def run(view: _Version) -> np.floating:
+        def run(view: View) -> np.floating:
             mean1, _ = self._mean(view, ws1, None, False, False, True)
             mean2, _ = self._mean(view, ws2, None, False, False, True)
             return np.dot(matutils.unitvec(mean1), matutils.unitvec(mean2))
@@ -402,7 +402,7 @@ class SimilarityMixin:
 
     def rank_by_centrality(self, words: Sequence[Key], use_norm: bool = True) -> list:
         """``(similarity to the centroid, word)`` pairs, best first; missing words are ignored."""
-        def run(view: _Version) -> list:
+        def run(view: View) -> list:
             vectors, _, missing = self._lookup(view, list(words))
             used = [w for i, w in enumerate(words) if i not in missing]
             if len(used) != len(words):
@@ -433,7 +433,7 @@ class SimilarityMixin:
         a 3M-vector set, hours for all 19,544 of questions-words.txt, where
         approximate mode takes a few ms a question.
         """
-        def run(view: _Version) -> tuple[float, list[dict]]:
+        def run(view: View) -> tuple[float, list[dict]]:
             ok_keys, ok_vocab = self._ok_vocab(view, restrict_vocab, case_insensitive)
             events: list[tuple[dict, tuple[str, ...], bool]] = []  # (section, words, asked)
             sections: list[dict] = []
@@ -491,7 +491,7 @@ class SimilarityMixin:
                             restrict_vocab: int = 300000, case_insensitive: bool = True,
                             dummy4unknown: bool = False) -> tuple:
         """gensim's word-pair evaluation: Pearson and Spearman against human judgments."""
-        def run(view: _Version) -> tuple:
+        def run(view: View) -> tuple:
             ok_keys, ok_vocab = self._ok_vocab(view, restrict_vocab, case_insensitive)
             gold: list[float] = []
             wanted: list[tuple[int, int] | None] = []
@@ -534,7 +534,7 @@ class SimilarityMixin:
             return pearson, spearman, oov_ratio
         return self._run(run)
 
-    def _ok_vocab(self, view: _Version, restrict_vocab: int,
+    def _ok_vocab(self, view: View, restrict_vocab: int,
                   case_insensitive: bool) -> tuple[list[str], dict[str, int]]:
         """The first ``restrict_vocab`` tokens, and gensim's evaluation map word -> index
         (upper-cased words map to their most frequent, i.e. first, variant)."""
@@ -544,7 +544,7 @@ class SimilarityMixin:
 
     # --- search engine --------------------------------------------------------------
 
-    def _nearest(self, view: _Version, query: np.ndarray, topn: int, exclude: set[int],
+    def _nearest(self, view: View, query: np.ndarray, topn: int, exclude: set[int],
                  lo: int, hi: int, exact: bool | None) -> list[tuple[str, float]]:
         """gensim's ``most_similar`` ranking around the unit vector ``query``."""
         return self._search(view, self._cosine_scorer(query), topn, exclude, lo, hi, exact,
@@ -556,7 +556,7 @@ class SimilarityMixin:
         """gensim's ``dot(vectors, mean) / norms``."""
         return lambda rows, pad: _dot(rows, query, pad) / np.linalg.norm(rows, axis=1)
 
-    def _search(self, view: _Version, score: Scorer, topn: int, exclude: set[int], lo: int,
+    def _search(self, view: View, score: Scorer, topn: int, exclude: set[int], lo: int,
                 hi: int, exact: bool | None, *, exact_dirs: list[np.ndarray] | None,
                 bound: Callable[[list[float]], float],
                 approx_dirs: list[np.ndarray]) -> list[tuple[str, float]]:
@@ -588,7 +588,7 @@ class SimilarityMixin:
             count *= EXACT_GROWTH
         return self._scan_top(view, score, topn, exclude, lo, hi)
 
-    def _vsim(self, view: _Version, query: np.ndarray, count: int, *, truth: bool = False,
+    def _vsim(self, view: View, query: np.ndarray, count: int, *, truth: bool = False,
               lo: int = 0, hi: int | None = None,
               epsilon: float | None = None) -> tuple[list[bytes], np.ndarray]:
         """Element names and index cosines (``2 * score - 1``) of one VSIM, best first."""
@@ -618,7 +618,7 @@ class SimilarityMixin:
                 f"missing; rebuild it with `vectorstore index {self.name} --force`")
         return names, 2 * scores - 1
 
-    def _scan_top(self, view: _Version, score: Scorer, topn: int, exclude: set[int],
+    def _scan_top(self, view: View, score: Scorer, topn: int, exclude: set[int],
                   lo: int, hi: int) -> list[tuple[str, float]]:
         """The ``topn`` best by ``score``, streaming every vector in [lo, hi)."""
         tokens: list[str] = []
@@ -632,12 +632,12 @@ class SimilarityMixin:
             tokens, indexes, scores = [tokens[j] for j in best], indexes[best], scores[best]
         return [(t, float(x)) for t, x in zip(tokens, scores)]
 
-    def _scan_all(self, view: _Version, score: Scorer, lo: int, hi: int) -> np.ndarray:
+    def _scan_all(self, view: View, score: Scorer, lo: int, hi: int) -> np.ndarray:
         """``score`` of every key in [lo, hi), streaming (gensim's ``topn=None``)."""
         parts = [score(chunk, False) for _, _, chunk in self._chunks(view, lo, hi)]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
-    def _chunks(self, view: _Version, lo: int,
+    def _chunks(self, view: View, lo: int,
                 hi: int) -> Iterator[tuple[int, list[str], np.ndarray]]:
         """``(first index, tokens, vectors)`` for [lo, hi) in chunks of SCAN_CHUNK."""
         for start in range(lo, hi, SCAN_CHUNK):
@@ -648,7 +648,7 @@ class SimilarityMixin:
 
     # --- plumbing -------------------------------------------------------------------
 
-    def _run(self, fn: Callable[[_Version], Any]) -> Any:
+    def _run(self, fn: Callable[[View], Any]) -> Any:
         """``fn(view)``, again on the new version if the one read was replaced meanwhile."""
         try:
             return fn(self._current())
@@ -661,7 +661,7 @@ class SimilarityMixin:
                 f"model {self.name!r}: vectors vanished while reading them (the version was "
                 f"replaced twice, or is being deleted); try again") from None
 
-    def _index(self, view: _Version) -> IndexStatus:
+    def _index(self, view: View) -> IndexStatus:
         """The status of the served version's index; raise unless it is usable.
 
         Checked again every ``refresh`` seconds (one HMGET), like the alias.
@@ -688,13 +688,13 @@ class SimilarityMixin:
             return dq + (1 + dq) * status.qerr + FLOAT_SLOP
         return None
 
-    def _range(self, view: _Version, lo: int, hi: int | None) -> tuple[int, int]:
+    def _range(self, view: View, lo: int, hi: int | None) -> tuple[int, int]:
         count = view.meta.count
         if lo < 0 or (hi is not None and hi < 0):
             raise ValueError(f"clip_start and clip_end must be >= 0, got {lo} and {hi}")
         return lo, min(hi or count, count)
 
-    def _fetch(self, view: _Version, names: Sequence[bytes]) -> _Rows:
+    def _fetch(self, view: View, names: Sequence[bytes]) -> _Rows:
         """Raw vectors and indexes of elements named by the index (one MGET)."""
         values = self._present(self._values([view.prefix + n for n in names]))
         tokens = [n.decode("utf-8") for n in names]
@@ -707,7 +707,7 @@ class SimilarityMixin:
             raise _Stale()
         return cast("list[bytes]", values)
 
-    def _lookup(self, view: _Version,
+    def _lookup(self, view: View,
                 keys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Vectors (zero rows when missing), indexes (-1) and missing positions of keys
         (tokens or indexes), in one MGET."""
@@ -736,7 +736,7 @@ class SimilarityMixin:
             indexes[found] = view.codec.decode_indexes(present)
         return vectors, indexes, missing
 
-    def _mean(self, view: _Version, keys: Sequence[Any], weights: Any, pre_normalize: bool,
+    def _mean(self, view: View, keys: Sequence[Any], weights: Any, pre_normalize: bool,
               post_normalize: bool, ignore_missing: bool) -> tuple[np.ndarray, list[int]]:
         """gensim's ``get_mean_vector``, step for step (so rounding matches), plus the
         indexes of the keys found."""

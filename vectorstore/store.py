@@ -17,8 +17,6 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
@@ -26,7 +24,7 @@ import redis
 from gensim.models import KeyedVectors
 
 from .cache import MISSING, UNKNOWN, VectorCache
-from .codec import Codec, Meta, alias_version
+from .codec import Meta, alias_version
 from .connection import redact, resolve_url
 from .errors import (
     CorruptValueError,
@@ -36,10 +34,11 @@ from .errors import (
     ReadOnlyError,
     VectorStoreError,
 )
-from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
+from .keys import DEFAULT_PREFIX, Keys
 from .similarity import SimilarityMixin, _Stale, weighted_mean
 from .subword import NgramPlan, SubwordParams
 from .topology import Deployment, Moved, connect_deployment, unavailable
+from .view import IndexToKey, View
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
@@ -72,18 +71,6 @@ class Lookup(NamedTuple):
 
     vectors: np.ndarray
     missing: list[int]
-
-
-@dataclass
-class _Version:
-    """What a process knows about the version the alias points to."""
-
-    meta: Meta
-    codec: Codec
-    prefix: bytes
-    cache: VectorCache
-    index_to_key: IndexToKey
-    alias: bytes  # the alias's value while it points to this version
 
 
 def _unit(vec: np.ndarray) -> np.ndarray:
@@ -157,7 +144,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         self._given_client = client
         self._deployment: Deployment | None = None
         self._pid = os.getpid()
-        self._view: _Version | None = None
+        self._view: View | None = None
         self._checked = -float("inf")
         self._counts = Counters()
         _handles.add(self)
@@ -210,7 +197,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         finally:
             self._counts.round_trips += d.round_trips - before
 
-    def _current(self) -> _Version:
+    def _current(self) -> View:
         if time.monotonic() - self._checked >= self.refresh or self._view is None:
             self._sync()
         assert self._view is not None
@@ -236,7 +223,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                                           else raw)
                 except CorruptValueError as exc:
                     raise CorruptValueError(f"model {self.name!r}: {key}: {exc}") from None
-                self._view = _Version(
+                self._view = View(
                     meta=meta, codec=meta.codec(), prefix=self.keys.token_prefix(version),
                     cache=VectorCache(meta.dim, self.cache_bytes),
                     index_to_key=IndexToKey(self, version, meta.count), alias=b"%d" % version)
@@ -282,7 +269,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
     # --- lookups ----------------------------------------------------------------
 
-    def _mget(self, view: _Version, tokens: Sequence[str]) -> list[bytes | None]:
+    def _mget(self, view: View, tokens: Sequence[str]) -> list[bytes | None]:
         """Values of ``tokens`` in ``view``'s version, read with the alias in one MGET.
 
         Raises _Moved if the alias no longer points to ``view``: then the values
@@ -296,7 +283,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
         return self._counted(lambda d: d.versioned_mget(self.keys.current, view.alias, names))
 
-    def _on_current(self, read: Callable[[_Version], T]) -> T:
+    def _on_current(self, read: Callable[[View], T]) -> T:
         """``read(view)`` on the version the alias points to, following flips."""
         for _ in range(3):
             try:
@@ -329,7 +316,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             out = np.delete(out, missing, axis=0)
         return Lookup(out, missing)
 
-    def _decode(self, view: _Version, tokens: Sequence[str], values: Sequence[bytes],
+    def _decode(self, view: View, tokens: Sequence[str], values: Sequence[bytes],
                 expected: np.ndarray | None = None) -> np.ndarray:
         """float32 vectors of ``tokens`` from their stored ``values``, checked on the way.
 
@@ -367,7 +354,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             raise self._corrupt(view, [tokens[i] for i in bad], "NaN or infinite floats")
         return out
 
-    def _check_absent(self, view: _Version, tokens: Sequence[str]) -> None:
+    def _check_absent(self, view: View, tokens: Sequence[str]) -> None:
         """Raise CorruptValueError if a token MGET read as absent has a key of another type.
 
         MGET answers nil for a hash, list or set as for no key, so such a token
@@ -382,14 +369,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if bad:
             raise self._corrupt(view, bad, "no string: its key is another Redis type")
 
-    def _corrupt(self, view: _Version, tokens: Sequence[str], what: str) -> CorruptValueError:
+    def _corrupt(self, view: View, tokens: Sequence[str], what: str) -> CorruptValueError:
         shown = ", ".join(map(repr, tokens[:5])) + (f" and {len(tokens) - 5} more"
                                                     if len(tokens) > 5 else "")
         return CorruptValueError(
             f"model {self.name!r} version {view.meta.version}: the stored value of token(s) "
             f"{shown} holds {what}: run `vectorstore verify {self.name}` and reload the model")
 
-    def _lookup_direct(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _lookup_direct(self, view: View, keys: list[str]) -> tuple[np.ndarray, list[int]]:
         """Vectors of ``keys`` and their OOV positions, all read from Redis (no cache)."""
         values = self._mget(view, keys)
         self._counts.tokens += len(keys)
@@ -398,7 +385,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             self._check_absent(view, list(dict.fromkeys(keys[i] for i in missing)))
         return out, missing
 
-    def _decode_some(self, view: _Version, keys: list[str],
+    def _decode_some(self, view: View, keys: list[str],
                      values: list[bytes | None]) -> tuple[np.ndarray, list[int]]:
         """Vectors of ``keys`` from ``values`` (zero rows where None), and the None positions."""
         if None not in values:
@@ -411,7 +398,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                                       [v for v in values if v is not None])
         return out, missing
 
-    def _lookup_cached(self, view: _Version, keys: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _lookup_cached(self, view: View, keys: list[str]) -> tuple[np.ndarray, list[int]]:
         """``_lookup_direct`` through the cache: no round trip when every token is cached
         (or known absent), else one MGET of the others, offered to the cache afterwards.
 
@@ -478,7 +465,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
         Returns the number of tokens cached.
         """
-        def read(view: _Version) -> int:
+        def read(view: View) -> int:
             cache = view.cache
             with cache.lock:
                 cache.clear()
@@ -566,7 +553,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return default
         raise KeyError(f"Key '{key}' not present")
 
-    def _index_of(self, view: _Version, key: str) -> int | None:
+    def _index_of(self, view: View, key: str) -> int | None:
         value = self._mget(view, [key])[0]
         if value is None:
             self._check_absent(view, [key])
@@ -625,7 +612,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         """
         return self._subwords(self._current())
 
-    def _subwords(self, view: _Version) -> SubwordParams | None:
+    def _subwords(self, view: View) -> SubwordParams | None:
         seen = self.__dict__.get("_subwords_seen")
         if seen is None or seen[0] is not view:
             seen = self.__dict__["_subwords_seen"] = (view, SubwordParams.from_extra(view.meta.extra))
@@ -639,7 +626,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         the OOV rows are gensim's ``get_vector(key, norm=True)`` (the n-gram sum
         over its norm), the others are left raw.
         """
-        def read(view: _Version) -> tuple[np.ndarray, list[int]]:
+        def read(view: View) -> tuple[np.ndarray, list[int]]:
             params = self._subwords(view)
             if params is None:
                 raise ValueError(
@@ -652,7 +639,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             return out, missing
         return Lookup(*self._on_current(read))
 
-    def _fill_subwords(self, view: _Version, params: SubwordParams, keys: Sequence[str],
+    def _fill_subwords(self, view: View, params: SubwordParams, keys: Sequence[str],
                        out: np.ndarray, missing: list[int], norm: bool = False) -> None:
         """Set the rows ``missing`` of ``out`` from their tokens' n-gram rows (one MGET of
         the buckets of all of them, deduplicated); zero rows for tokens without n-grams."""
@@ -665,7 +652,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         at = {t: j for j, t in enumerate(tokens)}
         out[missing] = vectors[[at[keys[i]] for i in missing]]
 
-    def _ngram_cache(self, view: _Version) -> VectorCache:
+    def _ngram_cache(self, view: View) -> VectorCache:
         """This process's cache of ``view``'s n-gram rows (``cache_bytes``, like the tokens')."""
         seen = self.__dict__.get("_ngram_cache_seen")
         if seen is None or seen[0] is not view:
@@ -673,7 +660,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             self.__dict__["_ngram_cache_seen"] = seen
         return seen[1]
 
-    def _ngram_rows(self, view: _Version, buckets: list[int]) -> np.ndarray:
+    def _ngram_rows(self, view: View, buckets: list[int]) -> np.ndarray:
         """The rows of ``buckets``: from the n-gram cache, the others in one MGET."""
         cache = self._ngram_cache(view)
         if not cache.enabled:
@@ -691,7 +678,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                 cache.put([names[i] for i in miss], fetched)
         return out
 
-    def _fetch_ngrams(self, view: _Version, buckets: list[int]) -> np.ndarray:
+    def _fetch_ngrams(self, view: View, buckets: list[int]) -> np.ndarray:
         """The rows of ``buckets`` in ``view``'s version, read with the alias in one MGET."""
         if not buckets:
             return np.zeros((0, view.codec.dim), dtype=np.float32)
@@ -712,7 +699,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                                     f"{int(stored[bad])}: reload the model")
         return view.codec.decode(present)
 
-    def _subword_rows(self, view: _Version, keys: Sequence[Any], indexes: np.ndarray,
+    def _subword_rows(self, view: View, keys: Sequence[Any], indexes: np.ndarray,
                       norm: bool) -> dict[int, np.ndarray]:
         """For the similarity methods: rows of the str ``keys`` whose index is -1, from their
         n-grams (gensim's ``get_vector(key, norm)``), by position; {} if not fastText."""
@@ -784,7 +771,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             unique, tokens = [unique[i] for i in kept], [tokens[i] for i in kept]
         infer = allow_inference and bool(tokens) and self.subwords is not None
 
-        def read(view: _Version) -> tuple[np.ndarray, np.ndarray]:
+        def read(view: View) -> tuple[np.ndarray, np.ndarray]:
             values = self._mget(view, tokens) if tokens else []
             vectors = np.zeros((len(tokens), view.codec.dim), dtype=np.float32)
             indexes = np.full(len(tokens), -1, dtype=np.int64)
@@ -891,78 +878,6 @@ def _rebuild(cls: type[RedisKeyedVectors], name: str, url: str,
     if search_ef is not None:
         kv.search_ef = search_ef
     return kv
-
-
-class IndexToKey(Sequence[str]):
-    """Tokens of one model version in index order, fetched lazily by chunks.
-
-    >>> kv.index_to_key[0], kv.index_to_key[-1], len(kv.index_to_key)   # doctest: +SKIP
-    ('the', 'zymurgy', 3000000)
-    """
-
-    def __init__(self, kv: RedisKeyedVectors, version: int, count: int) -> None:
-        self._kv, self._version, self._count = kv, version, count
-        self._chunk = lru_cache(maxsize=64)(self._fetch_chunk)
-
-    def __len__(self) -> int:
-        return self._count
-
-    def _fetch_chunk(self, chunk: int) -> list[str]:
-        return self._fetch_chunks([chunk])[0]
-
-    def _fetch_chunks(self, chunks: Sequence[int]) -> list[list[str]]:
-        kv = self._kv
-        names = [kv.keys.i2k(self._version, c) for c in chunks]
-        raw = kv._call("MGET", kv.keys.current, *names)
-        if raw[0] != b"%d" % self._version:
-            raise VectorStoreError(
-                f"model {kv.name!r} version {self._version} is gone (replaced by a reload)")
-        out = []
-        for name, chunk, value in zip(names, chunks, raw[1:]):
-            want = min(I2K_CHUNK, self._count - chunk * I2K_CHUNK)
-            try:
-                tokens = value.decode("utf-8").split("\n") if value is not None else []
-            except UnicodeDecodeError:
-                tokens = []
-            if len(tokens) != want:
-                raise CorruptValueError(
-                    f"model {kv.name!r}: its index->token chunk {name} is missing, not a string "
-                    f"or does not hold {want} UTF-8 tokens: run `vectorstore verify {kv.name}` "
-                    f"and reload the model")
-            out.append(tokens)
-        return out
-
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            idx = range(*i.indices(self._count))
-            if not idx:
-                return []
-            lo, hi = min(idx[0], idx[-1]) // I2K_CHUNK, max(idx[0], idx[-1]) // I2K_CHUNK
-            chunks = dict(zip(range(lo, hi + 1), self._fetch_chunks(range(lo, hi + 1))))
-            return [chunks[j // I2K_CHUNK][j % I2K_CHUNK] for j in idx]
-        i = int(i)
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(f"index {i} out of range for a model of {self._count} keys")
-        return self._chunk(i // I2K_CHUNK)[i % I2K_CHUNK]
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to any sequence of the same tokens in the same order (a list, as gensim's)."""
-        if isinstance(other, IndexToKey) and (other._kv.keys, other._version) == (
-                self._kv.keys, self._version):
-            return True
-        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
-            return NotImplemented
-        return len(other) == self._count and all(a == b for a, b in zip(self, other))
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, like a list
-
-    def __iter__(self) -> Iterator[str]:
-        total = -(-self._count // I2K_CHUNK)
-        for start in range(0, total, 64):
-            for chunk in self._fetch_chunks(range(start, min(total, start + 64))):
-                yield from chunk
 
 
 class KeyToIndex(Mapping[str, int]):

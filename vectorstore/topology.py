@@ -43,8 +43,10 @@ from typing import Any, cast
 
 import hiredis
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from .connection import (
     BACKOFF_BASE,
@@ -494,7 +496,7 @@ def connect_cluster(url: str) -> RedisCluster:
         return RedisCluster.from_url(
             url, socket_connect_timeout=t.connect, socket_timeout=t.socket,
             health_check_interval=t.health_check, socket_read_size=256 * 1024,
-            cluster_error_retry_attempts=RETRIES)
+            retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES))
     except ValueError as exc:
         reason = safe_message(str(exc), url) or "it cannot be parsed"
         raise VectorStoreError(f"invalid Redis URL {redact(url)}: {reason}") from None
