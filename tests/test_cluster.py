@@ -3,11 +3,13 @@ primary with read replicas: loads, lookups, similarity, versions and lagging rep
 compared with gensim in memory."""
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 import pytest
 import redis
+from celery_helpers import frozen
 from conftest import TEST_DATA
 from gensim.models import KeyedVectors
 
@@ -177,3 +179,30 @@ def test_lagging_replica_never_turns_a_token_into_an_oov(
             with node.client() as c:
                 c.execute_command("REPLICAOF", host, port)
         replica_set.wait_synced()
+
+
+def test_stalled_replica_costs_one_timeout_then_reads_go_to_the_primary(
+        replica_set: EmbeddedReplicaSet, lee: KeyedVectors,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with replica_set.primary.client() as c:
+        c.flushall()
+    load(lee, "lee", url=replica_set.url, progress=False)
+    replica_set.wait_synced()
+    monkeypatch.setenv("VECTORSTORE_READ_FROM", "replicas")
+    monkeypatch.setenv("VECTORSTORE_REPLICA_URLS", ",".join(replica_set.replica_urls))
+    monkeypatch.setenv("VECTORSTORE_SOCKET_TIMEOUT", "0.5")
+    kv = RedisKeyedVectors("lee", url=replica_set.url, cache_bytes=0)
+    words = _words(lee, 50)
+    assert np.array_equal(kv[words], lee[words])
+    replica = kv.deployment.replicas[os.getpid() % 2].connection_pool.connection_kwargs["port"]
+    [node] = [n for n in replica_set.replicas if n.port == replica]
+
+    def mgets() -> int:
+        with node.client() as c:
+            return int(c.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+    before = mgets()
+    with frozen(node):
+        for _ in range(20):
+            assert np.array_equal(kv[words], lee[words])
+    assert mgets() - before == 1  # asked once (timed out), then left alone for a while

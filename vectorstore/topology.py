@@ -64,6 +64,7 @@ from .errors import StoreUnavailableError, VectorStoreError
 Key = bytes | str
 Command = Sequence[Any]
 READ_FROM = ("primary", "replicas")
+REPLICA_PAUSE = 10.0  # seconds a process reads from primaries after a replica failed it
 # Errors after which a cluster's slot map may have changed (failover, resharding).
 _TOPOLOGY_ERRORS = (redis.ConnectionError, redis.exceptions.MovedError,
                     redis.exceptions.AskError, redis.exceptions.ClusterDownError,
@@ -135,6 +136,7 @@ class Deployment:
         self.replicas = list(replicas)
         self.round_trips = 0
         self._links = _Links()
+        self._replicas_back_at = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.where}>"
@@ -240,11 +242,20 @@ class Deployment:
         """Values of the string keys ``names`` (None: no such string), in order."""
         if not names:
             return []
-        if self.replicas:
+        if self.replicas and self._replicas_usable():
             values = self._replica_mget(names)
             if values is not None:
                 return self._recheck(names, values)
+            self._replica_failed()
         return cast("list[bytes | None]", self.calls([("MGET", *names)])[0])
+
+    def _replicas_usable(self) -> bool:
+        return time.monotonic() >= self._replicas_back_at
+
+    def _replica_failed(self) -> None:
+        """Read from the primaries for ``REPLICA_PAUSE`` seconds: a replica that is down or
+        stalled would otherwise cost every read a connect or socket timeout."""
+        self._replicas_back_at = time.monotonic() + REPLICA_PAUSE
 
     def versioned_mget(self, alias: str, expected: bytes,
                        names: Sequence[Key]) -> list[bytes | None]:
@@ -412,7 +423,7 @@ class ClusterDeployment(Deployment):
         if not names:
             return []
         commands = _mgets_by_slot(names)
-        if self.read_replicas:
+        if self.read_replicas and self._replicas_usable():
             try:
                 replies = self._routed([c for c, _ in commands], True)
             except (redis.ConnectionError, redis.TimeoutError, redis.RedisClusterException):
@@ -420,6 +431,7 @@ class ClusterDeployment(Deployment):
             else:
                 if not any(isinstance(r, Exception) for r in replies):
                     return self._recheck(names, _unsplit(len(names), commands, replies))
+            self._replica_failed()
         return self._primary_mget(names)
 
     def _primary_mget(self, names: Sequence[Key]) -> list[bytes | None]:
