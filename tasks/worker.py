@@ -18,6 +18,11 @@ fail at once with a :mod:`tasks.errors` exception and are not retried; an
 unreachable store is retried ``VECTORSTORE_TASK_RETRIES`` times with
 exponential backoff, then fails with ``StoreUnavailableError``.
 
+After each task a pool process writes its stores' ``kv.stats()`` counters to
+shared memory; the worker's main process reports them, summed per model and per
+process, under ``"vectorstore"`` in ``celery inspect stats`` (and Flower), see
+:mod:`tasks.stats`.
+
 >>> from tasks import app, as_array                                        # doctest: +SKIP
 >>> r = app.send_task("tasks.vectorize_document", [["fast", "car"]])        # doctest: +SKIP
 >>> as_array(r.get()).shape                                                # doctest: +SKIP
@@ -35,6 +40,7 @@ from celery import Celery, signals
 
 from vectorstore import ModelNotFoundError, RedisKeyedVectors, StoreUnavailableError
 
+from . import stats as pool_stats
 from .errors import TaskInputError, UnknownModelError
 from .results import check_size, pack
 from .validate import Options, check_document, check_documents, check_flag, check_model, check_options, check_weights
@@ -43,6 +49,7 @@ from .vectorize import mean_vector, vectorize
 logger = logging.getLogger(__name__)
 app = Celery("tasks")
 app.config_from_object("celeryconfig")
+app.steps["worker"].add(pool_stats.PoolStatsStep)
 
 _stores: dict[str, RedisKeyedVectors] = {}
 _stores_lock = threading.Lock()
@@ -73,6 +80,18 @@ def _prewarm_default_model(**_: Any) -> None:
     for kv in _stores.values():
         kv.close()
     gc.freeze()
+
+
+@signals.worker_before_create_process.connect
+def _slot_for_next_process(**_: Any) -> None:
+    """In the main process, before each fork: the new process's slot for its counters."""
+    pool_stats.before_fork()
+
+
+@signals.task_postrun.connect
+def _publish_counters(**_: Any) -> None:
+    """After each task: this process's counters, for the main process's ``inspect stats``."""
+    pool_stats.publish(dict(_stores))
 
 
 @signals.worker_init.connect
