@@ -156,3 +156,20 @@ def test_wrong_password_is_not_retried(redis_url: str, client: redis.Redis) -> N
         assert denied() == before + 1
     finally:
         client.execute_command("ACL", "DELUSER", "u")
+
+
+def test_slow_calls_wait_the_slow_timeout(store: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """A command marked slow (an exact similarity search) waits VECTORSTORE_SLOW_TIMEOUT for
+    its reply where any other fails after the socket timeout: with Redis frozen for 2 s, a
+    lookup fails (socket timeout 1 s) and a slow call returns the right reply (slow 30 s)."""
+    monkeypatch.setenv("VECTORSTORE_SLOW_TIMEOUT", "30")
+    kv = RedisKeyedVectors("m", url=store.url, cache_bytes=0)
+    name = kv.keys.current
+    assert kv.deployment.call("GET", name) == b"1"
+    assert store.process is not None
+    store.process.send_signal(signal.SIGSTOP)
+    threading.Timer(2.0, store.process.send_signal, [signal.SIGCONT]).start()
+    with pytest.raises(StoreUnavailableError, match="did not answer within its timeout"):
+        kv.deployment.call("GET", name)
+    assert kv.deployment.call("GET", name, slow=True) == b"1"

@@ -137,6 +137,7 @@ class Deployment:
         self.round_trips = 0
         self._links = _Links()
         self._replicas_back_at = 0.0
+        self.slow_timeout = Timeouts.from_env().slow
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.where}>"
@@ -154,8 +155,12 @@ class Deployment:
 
     # --- connections -----------------------------------------------------------------
 
-    def _conn(self, name: str, pool_of: redis.Redis, readonly: bool = False) -> redis.Connection:
-        """This thread's connection to server ``name`` (made from ``pool_of``'s settings)."""
+    def _conn(self, name: str, pool_of: redis.Redis, readonly: bool = False,
+              timeout: float | None = None) -> redis.Connection:
+        """This thread's connection to server ``name`` (made from ``pool_of``'s settings);
+        with ``timeout``, another one whose replies may take that long (slow commands)."""
+        if timeout is not None:
+            name += f"#timeout={timeout}"
         links = self._links
         if links.pid != os.getpid():  # a fork: the parent's sockets are not ours
             links.conns.clear()
@@ -163,6 +168,8 @@ class Deployment:
         conn = links.conns.get(name)
         if conn is None:
             conn = cast(redis.Connection, pool_of.connection_pool.make_connection())
+            if timeout is not None:
+                conn.socket_timeout = timeout
             if readonly:  # a cluster replica serves reads only after READONLY, on every connect
                 conn.register_connect_callback(self._send_readonly)
             links.conns[name] = conn
@@ -212,23 +219,25 @@ class Deployment:
 
     # --- the interface -----------------------------------------------------------------
 
-    def call(self, *args: Any) -> Any:
+    def call(self, *args: Any, slow: bool = False) -> Any:
         """One command on the primary owning its key, on this thread's connection."""
-        return self.calls([args])[0]
+        return self.calls([args], slow=slow)[0]
 
-    def calls(self, commands: Sequence[Command]) -> list[Any]:
+    def calls(self, commands: Sequence[Command], *, slow: bool = False) -> list[Any]:
         """Replies to ``commands`` (each on its key's primary), about one round trip in time.
 
-        Raises the first error reply (a redis.ResponseError) after reading them all.
+        ``slow``: commands known to take long (an exact ``VSIM ... TRUTH`` over millions
+        of vectors) wait ``VECTORSTORE_SLOW_TIMEOUT`` for their replies, not the socket
+        timeout. Raises the first error reply (a redis.ResponseError) after reading them all.
         """
-        replies = self._on_primaries(commands)
+        replies = self._on_primaries(commands, self.slow_timeout if slow else None)
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         return replies
 
-    def _on_primaries(self, commands: Sequence[Command]) -> list[Any]:
-        conn = self._conn("primary", self.client)
+    def _on_primaries(self, commands: Sequence[Command], timeout: float | None) -> list[Any]:
+        conn = self._conn("primary", self.client, timeout=timeout)
         self.round_trips += 1
         try:
             return conn.retry.call_with_retry(
@@ -350,7 +359,8 @@ class ClusterDeployment(Deployment):
         with self._refresh_lock:
             self.cluster.nodes_manager.initialize()
 
-    def _routed(self, commands: Sequence[Command], replicas: bool) -> list[Any]:
+    def _routed(self, commands: Sequence[Command], replicas: bool,
+                timeout: float | None = None) -> list[Any]:
         """Replies to ``commands``, each sent to the node owning its key's slot (a replica
         of it if ``replicas``), one pipeline per node, all nodes written before any is read."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
@@ -368,8 +378,8 @@ class ClusterDeployment(Deployment):
         sent = []
         try:
             for name, (node, at) in by_node.items():
-                conn = self._conn(name, node.redis_connection, readonly=node is not None
-                                  and node.server_type == "replica")
+                conn = self._conn(name, node.redis_connection,
+                                  readonly=node.server_type == "replica", timeout=timeout)
                 conn.send_packed_command([hiredis.pack_command(tuple(commands[i])) for i in at],
                                          check_health=True)
                 sent.append((name, conn, at))
@@ -382,8 +392,8 @@ class ClusterDeployment(Deployment):
             raise
         return out
 
-    def _on_primaries(self, commands: Sequence[Command]) -> list[Any]:
-        return self._with_failover(lambda: self._routed(commands, False))
+    def _on_primaries(self, commands: Sequence[Command], timeout: float | None) -> list[Any]:
+        return self._with_failover(lambda: self._routed(commands, False, timeout))
 
     def _with_failover(self, attempt: Callable[[], list[Any]]) -> list[Any]:
         """``attempt()`` until its replies hold no redirection, refreshing the slot map between
