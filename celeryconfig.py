@@ -10,8 +10,12 @@ directory)::
 =============================  ===============================  ==============================
 variable                       default                          meaning
 =============================  ===============================  ==============================
-CELERY_BROKER_URL              redis://localhost:6379/0         broker (standalone Redis)
+CELERY_BROKER_URL              redis://localhost:6379/0         broker: redis:// (standalone),
+                                                                sentinel://h:p/db;sentinel://..
+                                                                (Redis Sentinel), amqp://
 CELERY_RESULT_BACKEND          the broker URL                   where results go
+CELERY_SENTINEL_MASTER         (none)                           primary's name at the sentinels
+                                                                (needed by sentinel:// URLs)
 VECTORSTORE_URL                REDIS_URL, else localhost        Redis holding the vectors
 VECTORSTORE_MODEL              (none)                           model when a task names none
 VECTORSTORE_PREFIX             vs                               key namespace of the models
@@ -42,6 +46,11 @@ Why these defaults:
   redelivers the unacknowledged task after ``CELERY_VISIBILITY_TIMEOUT``; that
   must exceed the longest a reserved task may wait and run (time limit, retry
   countdowns), or running tasks are delivered twice.
+* Broker topologies: a standalone Redis, Redis Sentinel (a primary with
+  replicas; the sentinels promote a replica when the primary dies, and the
+  workers, clients and result backend follow it), or RabbitMQ. Redis Cluster
+  cannot be a Celery broker (celery#2852, kombu#526). Sending a task retries for
+  ~35 s, through a restart or a failover (``tasks.broker``).
 * ``worker_prefetch_multiplier = 1``: a worker reserves one task per process,
   so a burst spreads over workers and ``--autoscale`` sees the backlog.
 * Results are msgpack (raw array bytes, no base64); arguments are JSON so any
@@ -51,7 +60,7 @@ Why these defaults:
 """
 import os
 
-from tasks.broker import REDIS_SOCKET_OPTIONS, connection_settings
+from tasks.broker import check_sentinel, connection_settings
 from tasks.results import CONTENT_TYPES, MAX_RESULT_BYTES, RESULT_SERIALIZER, TASK_SERIALIZER
 from tasks.validate import MAX_TOKEN_CHARS
 from vectorstore.store import default_cache_bytes
@@ -70,6 +79,7 @@ def _number(name: str, default: float, kind: type = int) -> float:
 
 broker_url = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
 result_backend = os.environ.get("CELERY_RESULT_BACKEND", broker_url)
+check_sentinel({"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": result_backend})
 
 task_serializer = TASK_SERIALIZER
 result_serializer = RESULT_SERIALIZER
@@ -93,15 +103,17 @@ result_expires = _number("CELERY_RESULT_EXPIRES", 600)
 
 # Broker and result backend: reconnect forever, retry a result Redis could not take
 # (a restart) instead of failing a task that succeeded, never wait on a dead or frozen
-# Redis without a timeout (tasks/broker.py has the values).
-globals().update(connection_settings())
+# Redis without a timeout (tasks/broker.py has the values; with sentinel:// URLs,
+# also the primary's name).
+_connection = connection_settings()
+globals().update(_connection)
 _visibility = _number("CELERY_VISIBILITY_TIMEOUT", 600)
 broker_transport_options = {
     "visibility_timeout": _visibility,
     # look for tasks of dead workers every tenth of the timeout (kombu's default is 100 s)
     "unacked_restore_interval": max(1, _visibility // 10),
     "unacked_restore_throttle": 1,
-    **REDIS_SOCKET_OPTIONS,
+    **_connection["broker_transport_options"],
 }
 
 vectorstore_url = os.environ.get("VECTORSTORE_URL") or None
