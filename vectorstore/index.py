@@ -8,6 +8,17 @@ rebuild (other quantization) keeps serving the old index until the swap.
 Each element is the token, with the attribute ``{"i": index}`` so that
 ``restrict_vocab`` becomes a ``FILTER``.
 
+On a Redis Cluster the index is split into shards, one per master by default
+(``shards=``): element ``i`` goes to shard ``i % shards``, each shard is a
+vector set with a hash tag of its own, chosen so that the shards land on
+different masters (:meth:`Keys.vset_shard`), and every shard is written at
+once by its own connections to its own node. A sharded build writes new keys
+(``#vset-build{...}``), renames each into place, then names them in the
+metadata (``index_keys``) in one write, the moment the new index is served,
+and deletes the old shards; readers query every shard at once and merge the
+results (:mod:`vectorstore.similarity`). On one server the index is one key,
+``#vset``, unless ``shards`` says otherwise.
+
 Progress lives in the metadata hash (``index_state``, ``index_done``,
 ``index_total``, ...), so readers can say how far a build has got, and an
 interrupted build resumes where it stopped. The index belongs to its version:
@@ -36,8 +47,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -57,7 +69,7 @@ from .errors import (
 )
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .lock import Lock
-from .topology import Deployment, deployment
+from .topology import ClusterDeployment, Deployment, deployment
 
 QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
 DEFAULT_QUANTIZATION = "q8"
@@ -69,7 +81,8 @@ EF_RANGE = (1, 1_000_000)
 LOCK_TTL_MS = 60_000
 FIELDS = ("index_state", "index_quantization", "index_m", "index_ef", "index_qerr",
           "index_built_at", "index_rate", "index_build", "index_done", "index_total",
-          "index_error")
+          "index_error", "index_keys", "index_build_keys")
+MAX_PLACEMENT_TRIES = 100_000  # candidate hash tags tried to put each shard on its own node
 
 Call = Callable[..., Any]
 
@@ -77,6 +90,9 @@ Call = Callable[..., Any]
 # build never resurrects the metadata of a version the loader has deleted.
 _SET_IF_EXISTS = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
                   "return redis.call('HSET', KEYS[1], unpack(ARGV))")
+# Number a sharded build (its keys are new names, never reused within the version).
+_NEXT_BUILD = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+               "return redis.call('HINCRBY', KEYS[1], 'index_builds', 1)")
 # Publish a finished build: replace the served index and mark it ready, atomically.
 _SWAP = ("if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
          "redis.call('UNLINK', KEYS[3]) "
@@ -122,8 +138,11 @@ def q8_error(vectors: np.ndarray) -> float:
 class IndexOptions:
     """How to build an index; checked when made, so a bad value fails before any work.
 
+    ``shards``: vector sets to split the index into (None: one per master on a
+    cluster, one on a single server).
+
     >>> IndexOptions("Q8", m=32)
-    IndexOptions(quantization='q8', m=32, ef=200, workers=2)
+    IndexOptions(quantization='q8', m=32, ef=200, workers=2, shards=None)
     >>> IndexOptions(m=2)
     Traceback (most recent call last):
     ...
@@ -134,11 +153,15 @@ class IndexOptions:
     m: int = DEFAULT_M
     ef: int = DEFAULT_EF
     workers: int = DEFAULT_WORKERS
+    shards: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantization", check_quantization(self.quantization))
         for what, value, (lo, hi) in (("m", self.m, M_RANGE), ("ef", self.ef, EF_RANGE),
-                                      ("workers", self.workers, (1, None))):
+                                      ("workers", self.workers, (1, None)),
+                                      ("shards", self.shards, (1, None))):
+            if what == "shards" and value is None:
+                continue
             if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
                 accepts = (f"Redis accepts {what.upper()} from {lo} to {hi}" if hi is not None
                            else f"need at least {lo}")
@@ -156,7 +179,9 @@ class IndexStatus:
     ``failed``; ``quantization``/``m``/``ef``/``qerr`` describe the index in use,
     ``build``/``done``/``total``/``error`` the current or last build.
     ``qerr`` bounds the distance between any indexed unit vector and its
-    quantized form (exact mode's guarantee builds on it).
+    quantized form (exact mode's guarantee builds on it). ``keys`` names the
+    vector sets of the index in use (one, or its shards), ``build_keys`` those
+    the current or last build publishes.
     """
 
     version: int
@@ -172,6 +197,8 @@ class IndexStatus:
     total: int = 0
     error: str = ""
     running: bool = False
+    keys: tuple[str, ...] = ()
+    build_keys: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -180,7 +207,8 @@ class IndexStatus:
     @property
     def params(self) -> str:
         """Parameters of the index in use, in the form of :attr:`build`."""
-        return build_params(self.quantization, self.m, self.ef) if self.ready else ""
+        return (build_params(self.quantization, self.m, self.ef, len(self.keys)) if self.ready
+                else "")
 
     @property
     def rebuilding(self) -> bool:
@@ -215,28 +243,38 @@ class IndexStatus:
             f"(index: {self.describe()}): {how}. Lookups work meanwhile.")
 
 
-def build_params(quantization: str, m: int, ef: int) -> str:
-    """The parameters of an index as stored in ``index_build``: ``"q8 m=16 ef=200"``."""
-    return f"{quantization} m={m} ef={ef}"
+def build_params(quantization: str, m: int, ef: int, shards: int = 1) -> str:
+    """The parameters of an index as stored in ``index_build``.
+
+    >>> build_params("q8", 16, 200), build_params("q8", 16, 200, 3)
+    ('q8 m=16 ef=200', 'q8 m=16 ef=200 shards=3')
+    """
+    return f"{quantization} m={m} ef={ef}" + (f" shards={shards}" if shards > 1 else "")
 
 
 def read_status(call: Call, keys: Keys, version: int) -> IndexStatus:
     """The index status of ``version``, read with ``call(*redis_args)``."""
     raw = call("HMGET", keys.meta(version), *FIELDS)
     f = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in zip(FIELDS, raw)}
+    served = tuple((f["index_keys"] or "").split()) or (keys.vset(version),)
     if not f["index_state"]:
-        return IndexStatus(version)
+        return IndexStatus(version, keys=served)
     ints = {k: int(f[f"index_{k}"] or 0) for k in ("m", "ef", "done", "total")}
     floats = {k: float(f[f"index_{k}"] or 0) for k in ("qerr", "built_at", "rate")}
     running = f["index_state"] != "ready" and bool(call("EXISTS", keys.vset_lock(version)))
     return IndexStatus(version, state=f["index_state"], quantization=f["index_quantization"] or "",
                        build=f["index_build"] or "", error=f["index_error"] or "",
-                       running=running, **ints, **floats)  # type: ignore[arg-type]
+                       running=running, keys=served,
+                       build_keys=tuple((f["index_build_keys"] or "").split()) or (keys.vset(version),),
+                       **ints, **floats)  # type: ignore[arg-type]
 
 
 def index_memory(call: Call, keys: Keys, version: int) -> int | None:
-    """Bytes the served index of ``version`` uses (``MEMORY USAGE``), or None if it has none."""
-    return call("MEMORY", "USAGE", keys.vset(version), "SAMPLES", "0")
+    """Bytes the served index of ``version`` uses (``MEMORY USAGE``, summed over its shards),
+    or None if it has none."""
+    sizes = [call("MEMORY", "USAGE", key, "SAMPLES", "0")
+             for key in read_status(call, keys, version).keys]
+    return None if all(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 
 # --- does the server have vector sets? ----------------------------------------------
@@ -293,8 +331,8 @@ def _probe(call: Call, server: str, probe_key: str) -> str | None:
 def build_index(name: str, *, url: str | None = None, client: redis.Redis | None = None,
                 prefix: str = DEFAULT_PREFIX, version: int | None = None,
                 quantization: str = DEFAULT_QUANTIZATION, m: int = DEFAULT_M,
-                ef: int = DEFAULT_EF, workers: int = DEFAULT_WORKERS, force: bool = False,
-                progress: bool = True) -> IndexStatus:
+                ef: int = DEFAULT_EF, workers: int = DEFAULT_WORKERS, shards: int | None = None,
+                force: bool = False, progress: bool = True) -> IndexStatus:
     """Build the similarity index of model ``name`` (the served version by default).
 
     Args:
@@ -308,12 +346,16 @@ def build_index(name: str, *, url: str | None = None, client: redis.Redis | None
         m: HNSW links per node (``VADD ... M``, 4-4096); more is better recall,
             more memory.
         ef: exploration factor while inserting (``VADD ... EF``, 1-1000000).
-        workers: connections adding at once (2 was fastest on 2 cores; 1 is gentlest).
+        workers: connections adding at once to each shard (2 was fastest on 2
+            cores; 1 is gentlest).
+        shards: vector sets to split the index into, each on its own node where
+            there are enough (default: one per master on a cluster, 1 on one
+            server; never more than the model has vectors).
         force: rebuild even if an index with these parameters is ready.
         progress: show a tqdm progress bar on stderr.
 
-    An index with the same parameters that is ready is kept (returned at once);
-    an interrupted build with the same parameters resumes.
+    An index with the same parameters (shard count included) that is ready is
+    kept (returned at once); an interrupted build with the same parameters resumes.
 
     Raises:
         ValueError: an unknown quantization or an option out of range.
@@ -322,7 +364,7 @@ def build_index(name: str, *, url: str | None = None, client: redis.Redis | None
         IndexInProgressError: another process is building this index (a lock left
             by a dead process of this host is taken over), or took it over meanwhile.
     """
-    opts = IndexOptions(quantization, m, ef, workers)
+    opts = IndexOptions(quantization, m, ef, workers, shards)
     keys = Keys(name, prefix)
     with deployment(url, client) as d:
         r = d.client
@@ -340,6 +382,44 @@ def build_index(name: str, *, url: str | None = None, client: redis.Redis | None
             return _Build(d, keys, Meta.from_hash(raw_meta), opts, lock, force, progress).run()
 
 
+def default_shards(d: Deployment) -> int:
+    """Shards of an index built without ``shards=``: one per master of a cluster, else 1."""
+    return len(d.cluster.get_primaries()) if isinstance(d, ClusterDeployment) else 1
+
+
+def place_shards(d: Deployment, keys: Keys, version: int, build: int,
+                 shards: int) -> list[str]:
+    """Key names for ``shards`` shards of build ``build``, spread over the deployment's
+    primaries: candidate hash tags are tried in turn and a shard is kept if its node holds
+    fewer shards than every other node does (so the first shards are on distinct nodes).
+
+    >>> place_shards(Deployment(redis.Redis()), Keys("news"), 3, 1, 2)
+    ['vs:news:3#vset{news:3:1.0}', 'vs:news:3#vset{news:3:1.1}']
+    """
+    nodes = default_shards(d)
+    taken: dict[str, int] = {}
+    out: list[str] = []
+    for candidate in range(MAX_PLACEMENT_TRIES):
+        key = keys.vset_shard(version, build, candidate)
+        node = d.node_name(key)
+        if taken.get(node, 0) <= len(out) // nodes:
+            taken[node] = taken.get(node, 0) + 1
+            out.append(key)
+            if len(out) == shards:
+                return out
+    raise VectorStoreError(f"could not spread {shards} index shards over {nodes} nodes "
+                           f"(the cluster's slot map is uneven?)")
+
+
+def build_key(keys: Keys, version: int, served: str) -> str:
+    """The key the vector set ``served`` of ``version``'s index is built in.
+
+    >>> build_key(Keys("news"), 3, "vs:{news}:3#vset")
+    'vs:{news}:3#vset-build'
+    """
+    return keys.vset_build(version) if served == keys.vset(version) else Keys.shard_build(served)
+
+
 class _VersionGone(VectorStoreError):
     pass
 
@@ -351,12 +431,13 @@ class _Build:
                  force: bool, progress: bool) -> None:
         self.d, self.r, self.keys, self.meta, self.lock = d, d.client, keys, meta, lock
         self.quant, self.m, self.ef, self.workers = opts.quantization, opts.m, opts.ef, opts.workers
+        self.shards = max(1, min(opts.shards or default_shards(d), meta.count))
         self.force, self.progress = force, progress
         self.version = meta.version
-        self.target = keys.vset_build(meta.version)
-        self.params = build_params(self.quant, self.m, self.ef)
+        self.params = build_params(self.quant, self.m, self.ef, self.shards)
         self._set = self.r.register_script(_SET_IF_EXISTS)
         self._swap = self.r.register_script(_SWAP)
+        self._next_build = self.r.register_script(_NEXT_BUILD)
         self._local = threading.local()
         self._conns: list[redis.Connection] = []
 
@@ -364,35 +445,32 @@ class _Build:
         status = read_status(self.r.execute_command, self.keys, self.version)
         if status.ready and status.params == self.params and not self.force:
             return status
-        start = 0
-        if (not self.force and status.build == self.params and 0 < status.done < status.total
-                and self.r.exists(self.target)):
-            start = status.done  # resume: a whole number of chunks is in already
-        else:
-            self.r.unlink(self.target)
-        fields = {"index_build": self.params, "index_done": start,
-                  "index_total": self.meta.count, "index_error": ""}
-        if not status.ready:
-            fields["index_state"] = "building"
-        self.set_meta(fields)
-        began = time.time()
+        served: list[str] = []
+        targets: list[str] = []
         try:
-            qerr = self.add_all(start)
+            served, start = self.targets(status)
+            targets = [build_key(self.keys, self.version, key) for key in served]
+            fields = {"index_build": self.params, "index_done": start,
+                      "index_total": self.meta.count, "index_error": "",
+                      "index_build_keys": " ".join(served)}
+            if not status.ready:
+                fields["index_state"] = "building"
+            self.set_meta(fields)
+            began = time.time()
+            qerr = self.add_all(start, targets)
             took = max(time.time() - began, 1e-9)
-            if self.meta.count and self.r.execute_command("VCARD", self.target) != self.meta.count:
+            if sum(self.d.calls([("VCARD", t) for t in targets])) != self.meta.count:
                 raise VectorStoreError(f"index of {self.keys.name!r} version {self.version} "
                                        f"ended with a wrong element count")
             done = {"index_state": "ready", "index_quantization": self.quant,
                     "index_m": self.m, "index_ef": self.ef, "index_qerr": repr(qerr),
                     "index_built_at": repr(time.time()),
                     "index_rate": repr((self.meta.count - start) / took),
-                    "index_done": self.meta.count}
-            if self._swap(keys=[self.keys.meta(self.version), self.target,
-                                self.keys.vset(self.version)],
-                          args=[str(x) for kv in done.items() for x in kv]) == -1:
-                raise _VersionGone()
+                    "index_done": self.meta.count, "index_keys": " ".join(served)}
+            self.publish(served, targets, done)
         except _VersionGone:
-            self.r.unlink(self.target)
+            if served:
+                self.d.calls([("UNLINK", key) for key in (*targets, *served)])
             raise VectorStoreError(f"model {self.keys.name!r} version {self.version} was "
                                    f"deleted (replaced by a reload) while it was being indexed") from None
         except BaseException as exc:
@@ -404,28 +482,74 @@ class _Build:
             except (redis.RedisError, VectorStoreError):
                 pass
             raise
+        old = [key for key in status.keys if key not in served]
+        if old:  # readers still asking them see them gone, and read the metadata again
+            self.d.calls([("UNLINK", key) for key in old])
         return read_status(self.r.execute_command, self.keys, self.version)
+
+    def targets(self, status: IndexStatus) -> tuple[list[str], int]:
+        """The vector sets this build publishes, and the index to start adding from
+        (an interrupted build with these parameters resumes in its own keys)."""
+        if (not self.force and status.build == self.params and 0 < status.done < status.total
+                and len(status.build_keys) == self.shards
+                and all(self.d.calls([("EXISTS", build_key(self.keys, self.version, key))
+                                      for key in status.build_keys]))):
+            return list(status.build_keys), status.done  # a whole number of chunks is in
+        leftovers = {build_key(self.keys, self.version, key) for key in status.build_keys}
+        if self.shards == 1:
+            served = [self.keys.vset(self.version)]
+        else:
+            build = self._next_build(keys=[self.keys.meta(self.version)])
+            if build == -1:
+                raise _VersionGone()
+            served = place_shards(self.d, self.keys, self.version, int(build), self.shards)
+        leftovers.update(build_key(self.keys, self.version, key) for key in served)
+        self.d.calls([("UNLINK", key) for key in sorted(leftovers)])
+        return served, 0
+
+    def publish(self, served: list[str], targets: list[str], fields: dict[str, Any]) -> None:
+        """Put the built sets in place and mark the index ready; one server-side step for
+        one set, and for shards (in slots of their own) a rename each, then the metadata."""
+        args = [str(x) for kv in fields.items() for x in kv]
+        meta = self.keys.meta(self.version)
+        if served == [self.keys.vset(self.version)]:
+            if self._swap(keys=[meta, targets[0], served[0]], args=args) == -1:
+                raise _VersionGone()
+            return
+        try:
+            self.d.calls([("RENAME", t, key) for t, key in zip(targets, served)])
+        except redis.ResponseError:
+            if not self.r.exists(meta):
+                raise _VersionGone() from None
+            raise
+        if self._set(keys=[meta], args=args) == -1:
+            raise _VersionGone()
 
     def set_meta(self, fields: dict[str, Any]) -> None:
         args = [x for kv in fields.items() for x in kv]
         if self._set(keys=[self.keys.meta(self.version)], args=args) == -1:
             raise _VersionGone()
 
-    def add_all(self, start: int) -> float:
-        """VADD every vector from index ``start`` on; return the Q8 error bound of all.
+    def add_all(self, start: int, targets: Sequence[str]) -> float:
+        """VADD every vector from index ``start`` on, element ``i`` to ``targets[i % n]``,
+        each target by ``workers`` threads of its own; return the Q8 error bound of all.
 
         Chunks before ``start`` are read too, for the error bound, but not added.
         """
         codec = self.meta.codec()
         token_prefix = self.keys.token_prefix(self.version)
+        n = len(targets)
         qerr = 0.0
-        pending: deque[tuple[Future, int]] = deque()
+        pending: deque[tuple[list[Future], int]] = deque()
         done = start
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="vectorstore index") as pool, \
-                    tqdm(total=self.meta.count, initial=start, unit=" vectors", unit_scale=True,
-                         desc=f"indexing {self.keys.name} v{self.version}", mininterval=0.5,
-                         disable=not self.progress) as bar:
+            with ExitStack() as stack:
+                pools = [stack.enter_context(ThreadPoolExecutor(
+                    self.workers, thread_name_prefix=f"vectorstore index {s}")) for s in range(n)]
+                bar = stack.enter_context(tqdm(
+                    total=self.meta.count, initial=start, unit=" vectors", unit_scale=True,
+                    desc=f"indexing {self.keys.name} v{self.version}", mininterval=0.5,
+                    disable=not self.progress))
                 try:
                     for first in range(0, self.meta.count, I2K_CHUNK):
                         self.lock.check()
@@ -439,40 +563,51 @@ class _Build:
                             qerr = max(qerr, q8_error(vectors))
                         if first < start:
                             continue
-                        pending.append((pool.submit(self.add, tokens, vectors, first),
-                                        len(tokens)))
+                        jobs = []
+                        for s, pool in enumerate(pools):
+                            j = (s - first) % n  # the chunk's first element of shard s
+                            if j < len(tokens):
+                                jobs.append(pool.submit(self.add, targets[s], tokens[j::n],
+                                                        vectors[j::n], range(first + j,
+                                                                             first + len(tokens), n)))
+                        pending.append((jobs, len(tokens)))
                         while len(pending) > self.workers:
                             done = self.finish(pending.popleft(), done, bar)
                     while pending:
                         done = self.finish(pending.popleft(), done, bar)
                 finally:
-                    for future, _ in pending:
-                        future.cancel()
+                    for jobs, _ in pending:
+                        for future in jobs:
+                            future.cancel()
         finally:
             for conn in self._conns:
                 conn.disconnect()
         # Redis normalizes in its own float order; allow for that in the bound.
         return qerr * 1.001 + 1e-6 if self.quant == "q8" else 0.0
 
-    def finish(self, job: tuple[Future, int], done: int, bar: tqdm) -> int:
-        job[0].result()
+    def finish(self, job: tuple[list[Future], int], done: int, bar: tqdm) -> int:
+        for future in job[0]:
+            future.result()
         done += job[1]
         self.set_meta({"index_done": done})
         bar.update(job[1])
         return done
 
-    def add(self, tokens: list[bytes], vectors: np.ndarray, first: int) -> None:
-        """VADD one chunk in one round trip, on this thread's own connection."""
-        conn = getattr(self._local, "conn", None)
+    def add(self, target: str, tokens: list[bytes], vectors: np.ndarray,
+            indexes: range) -> None:
+        """VADD one chunk's part in one round trip, on this thread's own connection to the
+        node of ``target``."""
+        conns: dict[str, Connection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(target)
         if conn is None:
-            node = self.d.node(self.target)  # the vector set's node (its primary, on a cluster)
-            conn = self._local.conn = cast(Connection, node.connection_pool.make_connection())
+            node = self.d.node(target)  # the vector set's node (its primary, on a cluster)
+            conn = conns[target] = cast(Connection, node.connection_pool.make_connection())
             self._conns.append(conn)
         opts = ["CAS", QUANTIZATIONS[self.quant], "EF", self.ef, "M", self.m]
         blobs = vectors.astype("<f4", copy=False)
-        packed = [hiredis.pack_command(("VADD", self.target, "FP32", blobs[j].tobytes(), token,
-                                        *opts, "SETATTR", f'{{"i":{first + j}}}'))
-                  for j, token in enumerate(tokens)]
+        packed = [hiredis.pack_command(("VADD", target, "FP32", blobs[j].tobytes(), token,
+                                        *opts, "SETATTR", f'{{"i":{i}}}'))
+                  for j, (token, i) in enumerate(zip(tokens, indexes))]
         try:
             conn.send_packed_command(packed, check_health=False)
             for _ in packed:

@@ -12,6 +12,8 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:{news}:3#vset          Redis 8 vector set (similarity index)
     vs:{news}:3#vset-build    vector set being built, renamed to #vset when done
     vs:{news}:3#vset-lock     index builder lock (SET NX PX, value names the owner)
+    vs:news:3#vset{news:3:2.5}        one shard of a sharded index (build 2, candidate 5)
+    vs:news:3#vset-build{news:3:2.5}  that shard while it is being built
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
     vs:news:3#ng:<bucket>     fastText models: n-gram bucket row, same layout
                               (vector bytes + uint32 bucket number)
@@ -22,6 +24,11 @@ written together, atomically), while its token and n-gram keys, without a
 tag, spread over every node. Structure keys start ``vs:{``, which no token
 key does (model names hold no ``{``); within a version, tokens always follow
 ``:`` and structures ``#``, and model names may contain neither.
+
+A sharded similarity index (:mod:`vectorstore.index`) gives each shard a hash
+tag of its own, chosen at build time so that the shards land on different
+nodes; a shard and its build key share that tag (one slot, so the build key
+can be renamed into place). The version's metadata names the shard keys.
 
 >>> k = Keys("news")
 >>> k.token_prefix(3) + "car".encode()
@@ -111,6 +118,24 @@ class Keys:
 
     def vset_lock(self, version: int) -> str:
         return f"{self.tagged}:{version}#vset-lock"
+
+    def vset_shard(self, version: int, build: int, candidate: int) -> str:
+        """A shard of a sharded index, with a hash tag of its own (chosen for its slot).
+
+        >>> Keys("news").vset_shard(3, 2, 5)
+        'vs:news:3#vset{news:3:2.5}'
+        """
+        return f"{self.base}:{version}#vset{{{self.name}:{version}:{build}.{candidate}}}"
+
+    @staticmethod
+    def shard_build(shard: str) -> str:
+        """The key a shard is built in (same hash tag, so the same slot).
+
+        >>> Keys.shard_build('vs:news:3#vset{news:3:2.5}')
+        'vs:news:3#vset-build{news:3:2.5}'
+        """
+        head, tag = shard.split("#vset{", 1)
+        return f"{head}#vset-build{{{tag}"
 
     def token_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a UTF-8 token to get its vector key."""

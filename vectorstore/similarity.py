@@ -28,6 +28,12 @@ Two modes, per store (``RedisKeyedVectors(name, exact=True)``) or per call
   error has no useful bound). ``most_similar_cosmul`` bounds its products the
   same way from one search per positive key and one per negated negative key.
 
+A sharded index (on a Redis Cluster: one vector set per master, see
+:mod:`vectorstore.index`) is searched with one VSIM per shard, all sent at
+once (one round trip in time), and the replies merged by score, keeping the
+best ``C``: an element left out scores at most the last one kept, so both
+modes, and exact mode's guarantee, work on the merged list as on one set.
+
 Equal scores rank by vocabulary index (gensim's order among exact ties is
 numpy's unstable argsort). Dot products use the same BLAS kernel as gensim's
 one call over the whole vocabulary, so scores are bit-identical to gensim's,
@@ -190,7 +196,7 @@ class SimilarityMixin:
         def _current(self) -> View: ...
         def _sync(self) -> bool: ...
         def _call(self, *args: Any) -> Any: ...
-        def _fast_call(self, *args: Any) -> Any: ...
+        def _fast_calls(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
         def _values(self, names: Sequence[bytes]) -> list[bytes | None]: ...
         @property
         def deployment(self) -> Deployment: ...
@@ -337,7 +343,7 @@ class SimilarityMixin:
             for count in (EXACT_FIRST * EXACT_GROWTH, EXACT_MAX):
                 if eps >= 1:  # every key may be closer: nothing to gain from the index
                     break
-                names, _ = self._vsim(view, v1, count, truth=True, epsilon=eps)
+                names, _ = self._vsim(view, status, v1, count, truth=True, epsilon=eps)
                 if len(names) < count:  # all within eps (a superset of the answer)
                     rows = self._fetch(view, names)
                     closer = (1 - _cosines(v1, rows.vectors, True) < limit) & (rows.indexes != e1)
@@ -570,13 +576,15 @@ class SimilarityMixin:
         wanted = topn + len(exclude)
         if not (self.exact if exact is None else exact):
             count = max(2 * topn, topn + 20) + len(exclude)
-            names = [n for d in approx_dirs for n in self._vsim(view, d, count, lo=lo, hi=hi)[0]]
+            names = [n for d in approx_dirs
+                     for n in self._vsim(view, status, d, count, lo=lo, hi=hi)[0]]
             rows = self._fetch(view, list(dict.fromkeys(names)))
             return rows.best(score(rows.vectors, True), exclude, topn)
         errors = [self._error(status, d) for d in exact_dirs or []]
         count = max(EXACT_FIRST, 2 * wanted)
         while exact_dirs and None not in errors and count <= EXACT_MAX:
-            found = [self._vsim(view, d, count, truth=True, lo=lo, hi=hi) for d in exact_dirs]
+            found = [self._vsim(view, status, d, count, truth=True, lo=lo, hi=hi)
+                     for d in exact_dirs]
             rows = self._fetch(view, list(dict.fromkeys(n for names, _ in found for n in names)))
             scores = score(rows.vectors, True)
             best = _ranked(rows.indexes, scores, exclude, topn)
@@ -588,13 +596,21 @@ class SimilarityMixin:
             count *= EXACT_GROWTH
         return self._scan_top(view, score, topn, exclude, lo, hi)
 
-    def _vsim(self, view: View, query: np.ndarray, count: int, *, truth: bool = False,
-              lo: int = 0, hi: int | None = None,
+    def _vsim(self, view: View, status: IndexStatus, query: np.ndarray, count: int, *,
+              truth: bool = False, lo: int = 0, hi: int | None = None,
               epsilon: float | None = None) -> tuple[list[bytes], np.ndarray]:
-        """Element names and index cosines (``2 * score - 1``) of one VSIM, best first."""
+        """Element names and index cosines (``2 * score - 1``) of the ``count`` best elements
+        of the index ``status`` describes, best first.
+
+        One VSIM per shard, all at once (one round trip), merged by score: an element
+        left out scores at most the last one kept (a shard that returned ``count``
+        has its own ``count`` best in front of it), and fewer than ``count`` means
+        every shard returned all it had. Each VSIM is followed by an EXISTS of its
+        key, so a shard deleted meanwhile (a rebuild replaced it) is never read as
+        an empty one.
+        """
         hi = view.meta.count if hi is None else hi
-        key = self.keys.vset(view.meta.version)
-        args: list[Any] = ["VSIM", key, "FP32", np.asarray(query, dtype="<f4").tobytes(),
+        args: list[Any] = ["FP32", np.asarray(query, dtype="<f4").tobytes(),
                            "WITHSCORES", "COUNT", count]
         if truth:
             args.append("TRUTH")
@@ -602,20 +618,32 @@ class SimilarityMixin:
             args += ["EF", self.search_ef or default_search_ef(view.meta.count)]
         if epsilon is not None:
             args += ["EPSILON", repr(epsilon)]
-        filtered = lo > 0 or hi < view.meta.count
-        if filtered:
+        if lo > 0 or hi < view.meta.count:
             args += ["FILTER", f".i >= {lo} and .i < {hi}"]
-        reply = self._fast_call(*args)
-        if isinstance(reply, dict):  # RESP3
-            names, scores = list(reply), np.fromiter(reply.values(), float, len(reply))
-        else:
-            names, scores = reply[0::2], np.array(reply[1::2], dtype=float)
-        if not names and view.meta.count and not filtered:
+        replies = self._fast_calls([c for key in status.keys
+                                    for c in (("VSIM", key, *args), ("EXISTS", key))])
+        missing = [key for key, there in zip(status.keys, replies[1::2]) if not there]
+        if missing:
             self.__dict__.pop("_index_seen", None)
-            self._index(view)  # raises if the metadata says why
+            if self._index(view).keys != status.keys:  # raises if the metadata says why
+                raise _Stale()  # a rebuild replaced the index: search the new one
             raise IndexNotReadyError(
-                f"model {self.name!r} version {view.meta.version}: index key {key} is "
-                f"missing; rebuild it with `vectorstore index {self.name} --force`")
+                f"model {self.name!r} version {view.meta.version}: index key "
+                f"{' '.join(missing)} is missing; rebuild it with "
+                f"`vectorstore index {self.name} --force`")
+        names: list[bytes] = []
+        parts: list[np.ndarray] = []
+        for reply in replies[0::2]:
+            if isinstance(reply, dict):  # RESP3
+                names += list(reply)
+                parts.append(np.fromiter(reply.values(), float, len(reply)))
+            else:
+                names += reply[0::2]
+                parts.append(np.array(reply[1::2], dtype=float))
+        scores = np.concatenate(parts)
+        if len(parts) > 1:
+            best = np.argsort(-scores, kind="stable")[:count]
+            names, scores = [names[j] for j in best], scores[best]
         return names, 2 * scores - 1
 
     def _scan_top(self, view: View, score: Scorer, topn: int, exclude: set[int],
