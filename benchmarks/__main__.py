@@ -35,7 +35,8 @@ from .config import PROFILES, Context, profile
 from .data import DEFAULT_DATA_DIR
 from .report import Report
 
-FIGURES = ("latency", "coldstart", "memory", "similarity", "scale", "batch", "fasttext")
+FIGURES = ("latency", "coldstart", "memory", "similarity", "scale", "batch", "fasttext",
+           "cluster")
 HERE = Path(__file__).parent
 
 

@@ -24,6 +24,7 @@ SECTIONS = {
     "5. Scale test": "fig5_scale.png",
     "6. Batch task throughput": "fig6_batch.png",
     "7. fastText subword vectors": "fig7_fasttext.png",
+    "8. Redis Cluster and read replicas": "fig8_cluster.png",
 }
 
 
