@@ -27,7 +27,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from tqdm.auto import tqdm
 
-from .broker import connection_settings
+from .broker import check_sentinel, connection_settings
 from .errors import DocumentError
 from .results import CONTENT_TYPES, RESULT_SERIALIZER, TASK_SERIALIZER, as_array, as_arrays
 
@@ -41,6 +41,7 @@ def client_app(broker_url: str | None = None, result_backend: str | None = None)
     """
     broker = broker_url or os.environ.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
     backend = result_backend or os.environ.get("CELERY_RESULT_BACKEND", broker)
+    check_sentinel({"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend})
     app = Celery("vectorstore-client", broker=broker, backend=backend, set_as_current=False)
     app.conf.update(task_serializer=TASK_SERIALIZER, result_serializer=RESULT_SERIALIZER,
                     accept_content=CONTENT_TYPES, result_accept_content=CONTENT_TYPES,
