@@ -661,10 +661,14 @@ def _parse_regular(block: bytes, n: int, dim: int) -> tuple[list[str], np.ndarra
     """Tokens and vectors of the ``n`` lines of ``block`` shaped ``token v1 ... vdim``, or
     None if one is not.
 
-    polars' CSV reader (Rust, fast-float) parses 300-d lines at ~90k lines/s on one
+    polars' CSV reader (Rust, fast-float) parses 300-d lines at ~75-90k lines/s on one
     core of the development machine; measured on the same blocks: pyarrow's CSV
-    reader ~54k/s, ``np.loadtxt`` ~52k/s, ``np.fromstring`` (used before) ~38k/s,
-    fastnumbers ~35k/s, gensim ~5.6k/s. Values are read as float64 and then
+    reader ~42-54k/s, ``np.loadtxt`` ~52k/s, ``np.fromstring`` (used before) ~38k/s,
+    fastnumbers ~30-35k/s, polars or pyarrow splitting the lines into strings cast
+    to floats ~46k/s, orjson on the lines rewritten as JSON arrays ~21-25k/s,
+    gensim ~5.6k/s. polars takes ~45 ns per number and this function ~70% of a text
+    load's CPU (the loader's threads, measured per thread): the text loaders' floor
+    (a process pool would add copies, not cores). Values are read as float64 and then
     rounded to float32, as gensim does, so the result is bit-identical to it.
     None (the caller falls back to Python) for anything polars reads otherwise
     than the line-by-line parser would: a line of another width (polars fills
@@ -691,8 +695,13 @@ def _parse_regular(block: bytes, n: int, dim: int) -> tuple[list[str], np.ndarra
     if frame.height != n or (trailing and frame.get_column("_").null_count() < n):
         return None
     tokens = frame.get_column("token").to_list()
+    # Column by column into the rows of the transposed matrix, then one transposing copy:
+    # ~1.5 us per 300-d line where DataFrame.to_numpy() and astype took ~2.9.
+    columns = np.empty((dim, n), dtype=np.float32)
     with np.errstate(over="ignore"):  # 1e39 becomes inf, refused below
-        vectors = frame.select(pl.exclude("token", "_")).to_numpy().astype(np.float32)
+        for row, column in zip(columns, frame.get_columns()[1:dim + 1]):
+            row[:] = column.to_numpy()
+    vectors = np.ascontiguousarray(columns.T)
     if None in tokens or not np.isfinite(vectors).all():
         return None
     return tokens, vectors
