@@ -190,3 +190,50 @@ def test_cli_index_errors_are_one_line(redis_url: str, monkeypatch: pytest.Monke
         assert re.fullmatch(r"error: Redis 6\.2\.\d+ at \S+ has no vector sets .*\n", result.stderr)
         shown = CliRunner().invoke(main, ["info", "m", "--url", old.url])
         assert "index:          none\n" in shown.stdout
+
+
+def test_sharded_index_on_one_server(redis_url: str, client: redis.Redis) -> None:
+    """``shards=3`` on one server: element i in shard i % 3, searches equal gensim's, an
+    interrupted build resumes in its own shards, and a rebuild as one set deletes them."""
+    model = synthetic_kv(8000, 16, seed=2)
+    load(model, "m", url=redis_url, progress=False)
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 3_500_000)
+    try:
+        with pytest.raises(redis.OutOfMemoryError):
+            build_index("m", url=redis_url, shards=3, progress=False)
+    finally:
+        client.config_set("maxmemory", 0)
+    failed = read_status(client.execute_command, KEYS, 1)
+    assert failed.state == "failed" and 0 < failed.done < 8000 and failed.done % 1024 == 0
+    assert failed.build == "q8 m=16 ef=200 shards=3" and len(failed.build_keys) == 3
+    client.config_resetstat()
+    status = build_index("m", url=redis_url, shards=3, progress=False)
+    assert vadd_calls(client) == 8000 - failed.done  # resumed in the same keys
+    assert status.keys == failed.build_keys and status.describe() == "ready (q8 m=16 ef=200 shards=3)"
+    assert {k.decode() for k in client.keys("*#vset*")} == set(status.keys)
+    for shard, key in enumerate(status.keys):
+        assert key == KEYS.vset_shard(1, 1, shard)  # one node: the first candidates
+        assert client.execute_command("VCARD", key) == len(range(shard, 8000, 3))
+        token = model.index_to_key[shard + 300]
+        assert json.loads(client.execute_command("VGETATTR", key, token)) == {"i": shard + 300}
+    assert index_memory(client.execute_command, KEYS, 1) == sum(
+        client.memory_usage(k, samples=0) for k in status.keys)
+    kv = RedisKeyedVectors("m", url=redis_url, exact=True)
+    for word in ("w1", "w500", "w7999"):
+        got, want = kv.most_similar(word), model.most_similar(word)
+        assert [k for k, _ in got] == [k for k, _ in want]
+        assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    assert kv.closer_than("w1", "w2") == model.closer_than("w1", "w2")
+    one = build_index("m", url=redis_url, shards=1, progress=False)
+    assert one.keys == (KEYS.vset(1),) and client.keys("*#vset*") == [KEYS.vset(1).encode()]
+    assert kv.most_similar("w1")[0][0] == model.most_similar("w1")[0][0]
+
+
+def test_cli_index_shards(redis_url: str, model) -> None:
+    env = {"VECTORSTORE_URL": redis_url, "REDIS_URL": None}
+    built = CliRunner().invoke(main, ["index", "m", "--shards", "2", "--no-progress"], env=env)
+    assert built.exit_code == 0, built.output
+    assert re.match(r"index of m version 1: ready \(q8 m=16 ef=200 shards=2\), [\d.]+ [KM]iB",
+                    built.stdout)
+    refused = CliRunner().invoke(main, ["index", "m", "--shards", "0"], env=env)
+    assert refused.exit_code == 2 and "--shards" in refused.stderr

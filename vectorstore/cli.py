@@ -235,20 +235,25 @@ def info(ctx: click.Context, name: str, url: str | None) -> None:
 @click.option("--ef", type=click.IntRange(*EF_RANGE), default=DEFAULT_EF, show_default=True,
               help="Exploration factor while inserting: more is a better graph, slower.")
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
-              show_default=True, help="Connections inserting at once (VADD ... CAS).")
+              show_default=True, help="Connections inserting at once into each shard "
+                                      "(VADD ... CAS).")
+@click.option("--shards", type=click.IntRange(min=1),
+              help="Vector sets to split the index into, each on its own node where there "
+                   "are enough  [default: one per master on a cluster, 1 on one server]")
 @click.option("--force", is_flag=True, help="Rebuild even if such an index is ready.")
 @click.option("--no-progress", is_flag=True, help="Do not show a progress bar.")
 @_url_option
 @click.pass_context
 def index(ctx: click.Context, name: str, quantization: str, m: int, ef: int, workers: int,
-          force: bool, no_progress: bool, url: str | None) -> None:
+          shards: int | None, force: bool, no_progress: bool, url: str | None) -> None:
     """Build the similarity index (a Redis 8 vector set) of model NAME's served version.
 
-    Lookups keep working meanwhile; an interrupted build resumes when run again.
+    Lookups keep working meanwhile; an interrupted build resumes when run again. On a
+    Redis Cluster the index is split into shards, one per master, built at once.
     """
     url = _url(ctx)
     status = build_index(name, url=url, quantization=quantization, m=m, ef=ef,
-                         workers=workers, force=force, progress=not no_progress)
+                         workers=workers, shards=shards, force=force, progress=not no_progress)
     click.echo(f"index of {name} version {status.version}: "
                f"{_index_state(url, name, status.version)}")
 
