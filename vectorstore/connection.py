@@ -39,8 +39,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -262,24 +261,3 @@ def connect(url: str | None = None, retries: int | None = None, **kwargs: Any) -
     except ValueError as exc:
         reason = safe_message(str(exc), url) or "it cannot be parsed"
         raise VectorStoreError(f"invalid Redis URL {redact(url)}: {reason}") from None
-
-
-@contextmanager
-def connection(url: str | None = None,
-               client: redis.Redis | None = None) -> Iterator[redis.Redis]:
-    """``client`` as is (left open), or a new :func:`connect` to ``url``, closed on exit.
-
-    For functions that take ``url=`` or ``client=`` (the client wins).
-
-    >>> with connection("redis://localhost:6379/0") as r:            # doctest: +SKIP
-    ...     r.ping()
-    True
-    """
-    if client is not None:
-        yield client
-        return
-    r = connect(url)
-    try:
-        yield r
-    finally:
-        r.close()
