@@ -53,7 +53,7 @@ class Sizes:
 SIZES = {
     "smoke": Sizes(2000, (1, 2), 0.3, 1, 10),
     "quick": Sizes(100_000, (1, 2, 4, 8, 16), 1.5, 1, 200),
-    "full": Sizes(100_000, (1, 2, 4, 8, 16), 5.0, 2, 1000),
+    "full": Sizes(100_000, (1, 2, 4, 8, 16), 3.5, 3, 1000),
 }
 
 
@@ -346,8 +346,9 @@ def _write(sec: Any, dim: int, count: int, size: Sizes, topos: list[Topology],
     for t in topos:
         roles = {node.url: role for role, node in t.nodes}
         by_replicas = sum(c for u, c in mgets[t.name].items() if roles[u] == "replica")
-        rows.append([t.name, f"{t.client_cpu / t.docs * 1e3:.3f}",
-                     f"{t.per_doc('master') * 1e3:.3f}", f"{t.per_doc('replica') * 1e3:.3f}",
+        cells = [f"{max(0.0, t.per_doc(role)) * 1e3:.3f}"
+                 if any(r == role for r, _ in t.nodes) else "-" for role in ("master", "replica")]
+        rows.append([t.name, f"{t.client_cpu / t.docs * 1e3:.3f}", *cells,
                      f"{sum(t.idle.values()):.1%}",
                      f"{by_replicas / max(sum(mgets[t.name].values()), 1):.0%}", f"{t.docs:,}"])
     sec.text("CPU per document over all timed bursts (servers: `INFO cpu` of every node, user "
