@@ -156,7 +156,8 @@ class Keys:
         return self.ngram_prefix(version) + str(bucket).encode()
 
     def version_patterns(self, version: int) -> tuple[str, str]:
-        """SCAN patterns matching every key of one version: structures, tokens and n-grams.
+        """SCAN patterns matching every key of one version: structures, tokens and n-grams
+        (the shards of a sharded index match the second).
 
         >>> Keys("news").version_patterns(3)
         ('vs:{news}:3#*', 'vs:news:3[:#]*')

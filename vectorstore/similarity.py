@@ -33,6 +33,9 @@ A sharded index (on a Redis Cluster: one vector set per master, see
 once (one round trip in time), and the replies merged by score, keeping the
 best ``C``: an element left out scores at most the last one kept, so both
 modes, and exact mode's guarantee, work on the merged list as on one set.
+Measured, 100k x 100 q8, 200 queries on 2 shared cores: approximate recall@10
+1.000 and p50 2.5 ms on one node, 1.000 and 2.3 ms in 3 shards on 3 masters;
+exact p50 46 ms against 36 ms (each shard scans a third).
 
 Equal scores rank by vocabulary index (gensim's order among exact ties is
 numpy's unstable argsort). Dot products use the same BLAS kernel as gensim's
@@ -670,7 +673,7 @@ class SimilarityMixin:
         """``(first index, tokens, vectors)`` for [lo, hi) in chunks of SCAN_CHUNK."""
         for start in range(lo, hi, SCAN_CHUNK):
             tokens = view.index_to_key[start:min(hi, start + SCAN_CHUNK)]
-            values = self._present(self._values([view.prefix + t.encode() for t in tokens]))
+            values = self._present(self._values(view.names(tokens)))
             yield start, tokens, self._decode(view, tokens, values,
                                               np.arange(start, start + len(tokens), dtype=np.uint32))
 
@@ -724,7 +727,7 @@ class SimilarityMixin:
 
     def _fetch(self, view: View, names: Sequence[bytes]) -> _Rows:
         """Raw vectors and indexes of elements named by the index (one MGET)."""
-        values = self._present(self._values([view.prefix + n for n in names]))
+        values = self._present(self._values(view.names.raw(names)))
         tokens = [n.decode("utf-8") for n in names]
         return _Rows(tokens, self._decode(view, tokens, values), view.codec.decode_indexes(values))
 
@@ -748,7 +751,7 @@ class SimilarityMixin:
                 tokens.append(view.index_to_key[int(k)] if 0 <= k < count else None)
             else:
                 raise TypeError(f"keys must be str or int, got {type(k).__name__} {k!r}")
-        names = [view.prefix + t.encode() for t in tokens if t is not None]
+        names = view.names([t for t in tokens if t is not None])
         it = iter(self._values(names))
         values = [next(it) if t is not None else None for t in tokens]
         missing = [i for i, v in enumerate(values) if v is None]
