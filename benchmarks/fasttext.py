@@ -113,7 +113,7 @@ def speculative(kv: RedisKeyedVectors, params: SubwordParams) -> Callable[[list[
         view = kv._current()
         plan = NgramPlan(doc, params)
         ngram = kv.keys.ngram_prefix(view.meta.version)
-        names = [view.prefix + t.encode() for t in doc] + [ngram + b"%d" % b for b in plan.buckets]
+        names = view.names(doc) + [ngram + b"%d" % b for b in plan.buckets]
         _, *values = kv._fast_call("MGET", kv.keys.current, *names)
         tokens, rows = values[:len(doc)], view.codec.decode(values[len(doc):])
         out = plan.means(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from vectorstore.keys import Keys
 from vectorstore.loader import drop, load, verify
 from vectorstore.server import EmbeddedCluster, EmbeddedReplicaSet
 from vectorstore.topology import ClusterDeployment, connect_deployment
+from vectorstore.view import TokenKeys
 
 LEE = TEST_DATA / "lee_fasttext.vec"
 
@@ -45,6 +47,15 @@ def _keys_per_master(cluster: EmbeddedCluster) -> list[int]:
     return sizes
 
 
+def _mgets(nodes: list) -> int:
+    """MGET commands the ``nodes`` have served."""
+    total = 0
+    for node in nodes:
+        with node.client() as c:
+            total += int(c.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+    return total
+
+
 def _words(kv: KeyedVectors, n: int = 100, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [kv.index_to_key[i] for i in rng.integers(0, len(kv), n)]
@@ -68,10 +79,21 @@ def test_cluster_load_lookup_verify_drop_equal_gensim(cluster: EmbeddedCluster,
     assert found.missing == [1] and np.array_equal(found.vectors[0], lee["fire"])
     assert not found.vectors[1].any()
     assert kv.index_to_key[:5] == lee.index_to_key[:5] and len(kv) == len(lee)
+    mgets = _mgets(cluster.masters)
+    assert np.array_equal(kv[words], lee[words])
+    assert _mgets(cluster.masters) - mgets == 3  # one MGET per master (token groups)
     cached = RedisKeyedVectors("lee", url=cluster.url)
     assert np.array_equal(cached[words], lee[words]) and np.array_equal(cached[words], lee[words])
     result = verify("lee", url=cluster.url)
     assert result.ok, result.problems
+    names = TokenKeys.of(Keys("lee"), kv.meta)
+    assert len(names.groups) == 3
+    stray = names.groups[(zlib.crc32(b"fire") + 1) % 3] + b"fire"  # fire's value, wrong group
+    with redis.cluster.RedisCluster.from_url(cluster.url) as rc:
+        rc.set(stray, rc.get(names(["fire"])[0]))
+        problems = verify("lee", url=cluster.url).problems
+        rc.delete(stray)
+    assert any("wrong token group" in p for p in problems), problems
     assert drop("lee", url=cluster.url) > len(lee)
     assert sum(_keys_per_master(cluster)) == 1  # only the version counter stays
 
@@ -133,16 +155,9 @@ def test_cluster_reads_from_replicas(cluster: EmbeddedCluster, lee: KeyedVectors
     kv = RedisKeyedVectors("lee", url=cluster.url, cache_bytes=0)
     words = _words(lee, 200)
 
-    def replica_mgets() -> int:
-        total = 0
-        for node in cluster.replicas:
-            with node.client() as c:
-                total += int(c.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
-        return total
-
-    before = replica_mgets()
+    before = _mgets(cluster.replicas)
     assert np.array_equal(kv[words], lee[words])
-    assert replica_mgets() > before
+    assert _mgets(cluster.replicas) - before == 3  # one MGET per master's replica
 
 
 def test_lagging_replica_never_turns_a_token_into_an_oov(
@@ -197,12 +212,8 @@ def test_stalled_replica_costs_one_timeout_then_reads_go_to_the_primary(
     replica = kv.deployment.replicas[os.getpid() % 2].connection_pool.connection_kwargs["port"]
     [node] = [n for n in replica_set.replicas if n.port == replica]
 
-    def mgets() -> int:
-        with node.client() as c:
-            return int(c.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
-
-    before = mgets()
+    before = _mgets([node])
     with frozen(node):
         for _ in range(20):
             assert np.array_equal(kv[words], lee[words])
-    assert mgets() - before == 1  # asked once (timed out), then left alone for a while
+    assert _mgets([node]) - before == 1  # asked once (timed out), then left alone for a while

@@ -79,6 +79,7 @@ from .errors import (
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .lock import Lock
 from .topology import ClusterDeployment, Deployment, deployment
+from .view import TokenKeys
 
 QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
 DEFAULT_QUANTIZATION = "q8"
@@ -546,7 +547,7 @@ class _Build:
         Chunks before ``start`` are read too, for the error bound, but not added.
         """
         codec = self.meta.codec()
-        token_prefix = self.keys.token_prefix(self.version)
+        names = TokenKeys.of(self.keys, self.meta)
         n = len(targets)
         qerr = 0.0
         pending: deque[tuple[list[Future], int]] = deque()
@@ -564,7 +565,7 @@ class _Build:
                         self.lock.check()
                         raw = self.r.get(self.keys.i2k(self.version, first // I2K_CHUNK))
                         tokens: list[bytes] = raw.split(b"\n") if isinstance(raw, bytes) else []
-                        values: list[Any] = self.d.mget([token_prefix + t for t in tokens])
+                        values: list[Any] = self.d.mget(names.raw(tokens))
                         if not tokens or None in values:
                             raise _VersionGone()
                         vectors = codec.decode(values)

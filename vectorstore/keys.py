@@ -15,15 +15,18 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:news:3#vset{news:3:2.5}        one shard of a sharded index (build 2, candidate 5)
     vs:news:3#vset-build{news:3:2.5}  that shard while it is being built
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
+    vs:news:3:{news:3:7}<token>  the same, for a version loaded into a cluster: tokens in
+                              one group per master (see vectorstore.view.TokenKeys)
     vs:news:3#ng:<bucket>     fastText models: n-gram bucket row, same layout
                               (vector bytes + uint32 bucket number)
 
 On a Redis Cluster, the ``{news}`` hash tag keeps a model's structure keys in
 one slot (so the alias, the metadata and the index->token chunks are read and
-written together, atomically), while its token and n-gram keys, without a
-tag, spread over every node. Structure keys start ``vs:{``, which no token
-key does (model names hold no ``{``); within a version, tokens always follow
-``:`` and structures ``#``, and model names may contain neither.
+written together, atomically), while its n-gram keys, without a tag, spread
+over every node, and its token keys fall in one hash-tagged group per master.
+Structure keys start ``vs:{``, which no token key does (model names hold no
+``{``); within a version, tokens always follow ``:`` and structures ``#``, and
+model names may contain neither.
 
 A sharded similarity index (:mod:`vectorstore.index`) gives each shard a hash
 tag of its own, chosen at build time so that the shards land on different
@@ -143,6 +146,19 @@ class Keys:
 
     def token(self, version: int, token: str) -> bytes:
         return self.token_prefix(version) + token.encode("utf-8")
+
+    def token_group_tag(self, version: int, candidate: int) -> str:
+        """A hash tag for a token group of ``version`` (the loader tries candidates in turn)."""
+        return f"{self.name}:{version}:{candidate}"
+
+    def token_group_prefix(self, version: int, tag: str) -> bytes:
+        """Bytes to prepend to a UTF-8 token of group ``tag`` (a version loaded into a cluster:
+        :class:`vectorstore.view.TokenKeys`) to get its vector key.
+
+        >>> Keys("news").token_group_prefix(3, "news:3:7") + b"car"
+        b'vs:news:3:{news:3:7}car'
+        """
+        return self.token_prefix(version) + b"{" + tag.encode() + b"}"
 
     def ngram_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a decimal bucket number to get its n-gram row key.

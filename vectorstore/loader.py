@@ -73,6 +73,7 @@ from .lock import Lock
 from .readers import DEFAULT_BATCH, Reader, open_vectors
 from .subword import SubwordParams
 from .topology import ClusterDeployment, Deployment, deployment
+from .view import GROUPS_FIELD, TokenKeys
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +167,12 @@ def load(source: Any, name: str, *, url: str | None = None,
             r.sadd(keys.versions, version)
             meta = Meta(version=version, dim=reader.dim, dtype=dtype, count=reader.count or 0,
                         source=reader.source, extra={"format": reader.fmt})
+            if d.primaries > 1:
+                meta.extra[GROUPS_FIELD] = ",".join(_token_groups(d, keys, version))
             r.hset(keys.meta(version), mapping=meta.to_hash())
             started = time.monotonic()
             meta.count, meta.checksum = _write(d, keys, version, reader, Codec(reader.dim, dtype),
-                                               lock, progress)
+                                               lock, progress, TokenKeys.of(keys, meta))
             if not meta.count:
                 raise LoadError(f"{reader.source}: no vectors to load")
             if isinstance(reader, FastTextReader) and reader.params is not None:
@@ -313,6 +316,7 @@ class _TokenCheck:
         self.d, self.r, self.keys, self.meta = d, d.client, keys, meta
         self.codec = meta.codec()
         self.token_prefix = keys.token_prefix(meta.version)
+        self.names = TokenKeys.of(keys, meta)
         self.digest = hashlib.blake2b()
         self.problems: list[str] = []
         self.bad = self.found = self.existing = 0
@@ -348,7 +352,7 @@ class _TokenCheck:
             bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
             self.problem(f"{where}: invalid UTF-8 at byte {exc.start}")
-        names = [self.token_prefix + t for t in tokens]
+        names = self.names.raw(tokens)
         values = self.d.mget(names)
         problems = self._value_problems(values, first)
         retyped = [i for i, v in enumerate(values) if v is None]
@@ -426,9 +430,13 @@ class _TokenCheck:
         if not names:
             return
         values = self.d.mget(names)
-        start = len(self.token_prefix)
         for name, value in zip(names, values, strict=True):
-            token = name[start:]
+            token = self.names.token(name)
+            if token is None:  # in the version's key space, yet no token's key name
+                self.named.add(name)
+                self.problem(f"key {name.decode('utf-8', 'replace')!r} is not the key of any "
+                             f"token of the model (wrong token group)")
+                continue
             index = -1
             if value is not None and len(value) == self.codec.size:
                 index = self._decode([bytes(value)])[0][1]
@@ -453,13 +461,21 @@ class _TokenCheck:
 # --- writing ------------------------------------------------------------------------
 
 
+def _token_groups(d: Deployment, keys: Keys, version: int) -> list[str]:
+    """Hash tags of ``version``'s token groups on a cluster: one per master, each on its own
+    (see :class:`vectorstore.view.TokenKeys`)."""
+    chosen = d.spread(lambda n: keys.token_group_prefix(version, keys.token_group_tag(version, n)),
+                      d.primaries)
+    return [keys.token_group_tag(version, n) for n in chosen]
+
+
 def _write(d: Deployment, keys: Keys, version: int, reader: Reader, codec: Codec,
-           lock: Lock, progress: bool) -> tuple[int, str]:
-    """Write every batch of ``reader`` as ``version``; return (count, checksum)."""
+           lock: Lock, progress: bool, names: TokenKeys) -> tuple[int, str]:
+    """Write every batch of ``reader`` as ``version`` under ``names``; return (count, checksum)."""
     pending: list[str] = []  # tokens of the index->token chunk being filled
     chunk = count = 0
     packer = _Packer(keys.token_prefix(version), codec)
-    writer = _Writer(d, reader, codec, packer)
+    writer = _Writer(d, reader, codec, packer, names)
     try:
         with tqdm(total=reader.count, unit=" vectors", unit_scale=True, disable=not progress,
                   desc=f"loading {keys.name}", mininterval=0.5) as bar:
@@ -564,11 +580,12 @@ class _Writer:
     """
 
     def __init__(self, d: Deployment, reader: Reader, codec: Codec, packer: _Packer,
-                 depth: int = 4) -> None:
-        self.d, self.reader, self.codec, self.prefix = d, reader, codec, packer.prefix
+                 names: TokenKeys, depth: int = 4) -> None:
+        self.d, self.reader, self.codec, self.names = d, reader, codec, names
         self.r = d.client
         self.digest = hashlib.blake2b()
         self._cluster = isinstance(d, ClusterDeployment)
+        assert self._cluster or names.groups == () and names.prefix == packer.prefix
         self._conn = None if self._cluster else self.r.connection_pool.get_connection()
         self._jobs: queue.Queue[_Job | None] = queue.Queue(depth)
         self._error: BaseException | None = None
@@ -638,13 +655,13 @@ class _Writer:
         a duplicate token."""
         assert job.vectors is not None or not job.raw
         values = self.codec.encode(job.vectors, job.first) if job.raw else []
+        names = self.names.raw(job.raw)
         slots: dict[int, list[int]] = {}
-        for i, t in enumerate(job.raw):
-            slots.setdefault(key_slot(self.prefix + t), []).append(i)
+        for i, name in enumerate(names):
+            slots.setdefault(key_slot(name), []).append(i)
         groups = list(slots.values())
         commands: list[tuple[Any, ...]] = [
-            ("MSETNX", *[x for i in at for x in (self.prefix + job.raw[i], values[i])])
-            for at in groups]
+            ("MSETNX", *[x for i in at for x in (names[i], values[i])]) for at in groups]
         commands += [("SET", key, tokens) for key, tokens in job.chunks]
         replies = self.d.calls(commands)
         refused = [i for at, ok in zip(groups, replies) if not ok for i in at]
@@ -654,7 +671,7 @@ class _Writer:
 
     def _duplicate(self, job: _Job, among: Sequence[int]) -> None:
         """Raise the LoadError for the first token of ``among`` already stored."""
-        existing = self.d.mget([self.prefix + job.raw[i] for i in among])
+        existing = self.d.mget(self.names.raw([job.raw[i] for i in among]))
         i = next(i for i, v in zip(among, existing) if v is not None)
         earlier = int(self.codec.decode_indexes([existing[among.index(i)]])[0])
         raise self.reader.error(job.first + i, f"duplicate token {job.tokens[i]!r} "
@@ -687,7 +704,7 @@ def _write_ngrams(d: Deployment, keys: Keys, version: int, reader: FastTextReade
     """Write every n-gram bucket row of ``reader`` as ``version``; return its metadata fields."""
     assert reader.params is not None
     packer = _Packer(keys.ngram_prefix(version), codec)
-    writer = _Writer(d, reader, codec, packer)
+    writer = _Writer(d, reader, codec, packer, TokenKeys(packer.prefix))
     try:
         with tqdm(total=reader.params.bucket, unit=" buckets", unit_scale=True,
                   disable=not progress, desc=f"n-grams {keys.name}", mininterval=0.5) as bar:
@@ -832,12 +849,12 @@ def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     structure = [keys.meta(meta.version), keys.vset(meta.version)]
     structure += [keys.i2k(meta.version, c) for c in range(chunks)]
     picked = sorted({c * max(chunks - 1, 0) // 7 for c in range(8)})  # 8 chunks, evenly spread
-    token_prefix = keys.token_prefix(meta.version)
+    names = TokenKeys.of(keys, meta)
     sample: list[bytes | str] = []
     for raw in r.mget([keys.i2k(meta.version, c) for c in picked]):
         tokens = raw.decode().split("\n") if raw else []
         step = max(1, len(tokens) * len(picked) // MEMORY_SAMPLE)
-        sample += [token_prefix + t.encode() for t in tokens[::step]]
+        sample += names(tokens[::step])
     with r.pipeline(transaction=False) as pipe:
         for key in [*sample, *structure]:
             pipe.memory_usage(key)

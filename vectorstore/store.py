@@ -38,7 +38,7 @@ from .keys import DEFAULT_PREFIX, Keys
 from .similarity import SimilarityMixin, _Stale, weighted_mean
 from .subword import NgramPlan, SubwordParams
 from .topology import Deployment, Moved, connect_deployment, unavailable
-from .view import IndexToKey, View
+from .view import IndexToKey, TokenKeys, View
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
@@ -224,7 +224,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                 except CorruptValueError as exc:
                     raise CorruptValueError(f"model {self.name!r}: {key}: {exc}") from None
                 self._view = View(
-                    meta=meta, codec=meta.codec(), prefix=self.keys.token_prefix(version),
+                    meta=meta, codec=meta.codec(), names=TokenKeys.of(self.keys, meta),
                     cache=VectorCache(meta.dim, self.cache_bytes),
                     index_to_key=IndexToKey(self, version, meta.count), alias=b"%d" % version)
                 return True
@@ -275,9 +275,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         Raises _Moved if the alias no longer points to ``view``: then the values
         may belong to another version, and the caller re-syncs and retries.
         """
-        prefix = view.prefix
         try:
-            names = [prefix + t.encode() for t in tokens]
+            names = view.names(tokens)
         except AttributeError:
             bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
@@ -363,7 +362,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         known to be absent. A deleted token key cannot be told from an
         out-of-vocabulary token this way: ``vectorstore verify`` names those.
         """
-        names = [view.prefix + t.encode() for t in tokens]
+        names = view.names(tokens)
         exists = self._fast_calls([("EXISTS", n) for n in names])
         bad = [t for t, e in zip(tokens, exists) if e]
         if bad:

@@ -319,6 +319,33 @@ class Deployment:
         """A redis-py client of the primary that owns ``key`` (for per-node work)."""
         return cast(redis.Redis, self.client)
 
+    @property
+    def primaries(self) -> int:
+        """How many primaries hold the data (1, or a cluster's masters)."""
+        return 1
+
+    def spread(self, key_of: Callable[[int], Key], count: int, tries: int = 100_000) -> list[int]:
+        """``count`` candidates ``n`` whose keys ``key_of(n)`` lie evenly on the primaries: taken
+        in turn, a candidate is kept while its node holds no more than any other (so the first
+        ``primaries`` kept are on distinct nodes). On one server: ``0 .. count-1``.
+
+        >>> Deployment(redis.Redis()).spread(lambda n: f"k{{{n}}}", 3)
+        [0, 1, 2]
+        """
+        taken: dict[str, int] = {}
+        out: list[int] = []
+        for candidate in range(tries):
+            if len(out) == count:
+                return out
+            node = self.node_name(key_of(candidate))
+            if taken.get(node, 0) <= len(out) // self.primaries:
+                taken[node] = taken.get(node, 0) + 1
+                out.append(candidate)
+        if len(out) == count:
+            return out
+        raise VectorStoreError(f"could not spread {count} keys over {self.primaries} nodes "
+                               f"(is the cluster's slot map uneven?)")
+
     def node_name(self, key: Key) -> str:
         """A name of the primary that owns ``key`` (host:port/db or socket; no password)."""
         kw = self.node(key).connection_pool.connection_kwargs
@@ -349,6 +376,10 @@ class ClusterDeployment(Deployment):
     def node(self, key: Key) -> redis.Redis:
         node = self._primary(key_slot(key if isinstance(key, bytes) else key.encode()))
         return cast(redis.Redis, node.redis_connection)
+
+    @property
+    def primaries(self) -> int:
+        return len(self.cluster.get_primaries())
 
     def close(self) -> None:
         self.disconnect()

@@ -6,6 +6,7 @@ similarity methods take it, and neither imports the other for it.
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,13 +27,65 @@ class Reader(Protocol):
     def _call(self, *args: Any) -> Any: ...
 
 
+GROUPS_FIELD = "token_groups"  # metadata: hash tags of a version's token groups, comma-separated
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    """The key names of one version's tokens: ``prefix + token``, or, for a version loaded
+    into a Redis Cluster, ``group prefix + token``, where the group is the token's CRC-32
+    modulo the number of groups and each group prefix ends with a hash tag of its own
+    (:meth:`vectorstore.keys.Keys.token_group_prefix`), chosen by the loader so that the
+    groups lie on distinct masters. A document's tokens then fall in one hash slot per
+    master: one MGET per node, not one per token's slot.
+
+    >>> TokenKeys(b"vs:m:1:")(["car"])
+    [b'vs:m:1:car']
+    >>> TokenKeys(b"vs:m:1:", (b"vs:m:1:{m:1:0}", b"vs:m:1:{m:1:4}"))(["car", "fast"])
+    [b'vs:m:1:{m:1:4}car', b'vs:m:1:{m:1:0}fast']
+    """
+
+    prefix: bytes
+    groups: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, keys: Keys, meta: Meta) -> TokenKeys:
+        """The token keys of ``meta``'s version (its groups from the metadata, if any)."""
+        tags = [t for t in meta.extra.get(GROUPS_FIELD, "").split(",") if t]
+        return cls(keys.token_prefix(meta.version),
+                   tuple(keys.token_group_prefix(meta.version, t) for t in tags))
+
+    def __call__(self, tokens: Sequence[str]) -> list[bytes]:
+        """Key names of ``tokens`` (str; anything else raises AttributeError)."""
+        return self.raw([t.encode() for t in tokens])
+
+    def raw(self, tokens: Sequence[bytes]) -> list[bytes]:
+        """Key names of UTF-8 encoded ``tokens``."""
+        if not self.groups:
+            prefix = self.prefix
+            return [prefix + t for t in tokens]
+        groups, n = self.groups, len(self.groups)
+        return [groups[zlib.crc32(t) % n] + t for t in tokens]
+
+    def token(self, key: bytes) -> bytes | None:
+        """The token of key name ``key``, or None if no token of this version has that key."""
+        if not key.startswith(self.prefix):
+            return None
+        token = key[len(self.prefix):]
+        if not self.groups:
+            return token
+        close = token.find(b"}")
+        token = token[close + 1:] if token.startswith(b"{") and close > 0 else b""
+        return token if token and self.raw([token])[0] == key else None
+
+
 @dataclass
 class View:
     """The version the model's alias points to, as one process sees it."""
 
     meta: Meta
     codec: Codec
-    prefix: bytes  # of its token keys
+    names: TokenKeys  # of its tokens
     cache: VectorCache
     index_to_key: IndexToKey
     alias: bytes  # the alias's value while it points to this version
