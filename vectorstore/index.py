@@ -78,7 +78,7 @@ from .errors import (
 )
 from .keys import DEFAULT_PREFIX, I2K_CHUNK, Keys
 from .lock import Lock
-from .topology import ClusterDeployment, Deployment, deployment
+from .topology import Deployment, deployment
 from .view import TokenKeys
 
 QUANTIZATIONS = {"q8": "Q8", "noquant": "NOQUANT", "bin": "BIN"}
@@ -92,7 +92,6 @@ LOCK_TTL_MS = 60_000
 FIELDS = ("index_state", "index_quantization", "index_m", "index_ef", "index_qerr",
           "index_built_at", "index_rate", "index_build", "index_done", "index_total",
           "index_error", "index_keys", "index_build_keys")
-MAX_PLACEMENT_TRIES = 100_000  # candidate hash tags tried to put each shard on its own node
 
 Call = Callable[..., Any]
 
@@ -392,35 +391,6 @@ def build_index(name: str, *, url: str | None = None, client: redis.Redis | None
             return _Build(d, keys, Meta.from_hash(raw_meta), opts, lock, force, progress).run()
 
 
-def default_shards(d: Deployment) -> int:
-    """Shards of an index built without ``shards=``: one per master of a cluster, else 1."""
-    return len(d.cluster.get_primaries()) if isinstance(d, ClusterDeployment) else 1
-
-
-def place_shards(d: Deployment, keys: Keys, version: int, build: int,
-                 shards: int) -> list[str]:
-    """Key names for ``shards`` shards of build ``build``, spread over the deployment's
-    primaries: candidate hash tags are tried in turn and a shard is kept if its node holds
-    fewer shards than every other node does (so the first shards are on distinct nodes).
-
-    >>> place_shards(Deployment(redis.Redis()), Keys("news"), 3, 1, 2)
-    ['vs:news:3#vset{news:3:1.0}', 'vs:news:3#vset{news:3:1.1}']
-    """
-    nodes = default_shards(d)
-    taken: dict[str, int] = {}
-    out: list[str] = []
-    for candidate in range(MAX_PLACEMENT_TRIES):
-        key = keys.vset_shard(version, build, candidate)
-        node = d.node_name(key)
-        if taken.get(node, 0) <= len(out) // nodes:
-            taken[node] = taken.get(node, 0) + 1
-            out.append(key)
-            if len(out) == shards:
-                return out
-    raise VectorStoreError(f"could not spread {shards} index shards over {nodes} nodes "
-                           f"(the cluster's slot map is uneven?)")
-
-
 def build_key(keys: Keys, version: int, served: str) -> str:
     """The key the vector set ``served`` of ``version``'s index is built in.
 
@@ -441,7 +411,7 @@ class _Build:
                  force: bool, progress: bool) -> None:
         self.d, self.r, self.keys, self.meta, self.lock = d, d.client, keys, meta, lock
         self.quant, self.m, self.ef, self.workers = opts.quantization, opts.m, opts.ef, opts.workers
-        self.shards = max(1, min(opts.shards or default_shards(d), meta.count))
+        self.shards = max(1, min(opts.shards or d.primaries, meta.count))
         self.force, self.progress = force, progress
         self.version = meta.version
         self.params = build_params(self.quant, self.m, self.ef, self.shards)
@@ -512,7 +482,8 @@ class _Build:
             build = self._next_build(keys=[self.keys.meta(self.version)])
             if build == -1:
                 raise _VersionGone()
-            served = place_shards(self.d, self.keys, self.version, int(build), self.shards)
+            served = [self.keys.vset_shard(self.version, int(build), n) for n in self.d.spread(
+                lambda n: self.keys.vset_shard(self.version, int(build), n), self.shards)]
         leftovers.update(build_key(self.keys, self.version, key) for key in served)
         self.d.calls([("UNLINK", key) for key in sorted(leftovers)])
         return served, 0
