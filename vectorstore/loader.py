@@ -184,7 +184,7 @@ def load(source: Any, name: str, *, url: str | None = None,
                 r.hset(keys.meta(version), mapping=meta.to_hash())  # the builder reads count
                 build_index(name, client=r, prefix=prefix, version=version,
                             quantization=index.quantization, m=index.m, ef=index.ef,
-                            workers=index.workers, progress=progress)
+                            workers=index.workers, shards=index.shards, progress=progress)
             meta.state = "ready"
             _publish(r, keys, meta, lock)
         except BaseException:
@@ -846,7 +846,7 @@ def _current_meta(r: redis.Redis, keys: Keys) -> Meta:
 def _memory_estimate(r: redis.Redis, keys: Keys, meta: Meta) -> int:
     """Bytes of ``meta``'s version: sampled vector keys x count, plus structure keys."""
     chunks = -(-meta.count // I2K_CHUNK)
-    structure = [keys.meta(meta.version), keys.vset(meta.version)]
+    structure = [keys.meta(meta.version), *read_status(r.execute_command, keys, meta.version).keys]
     structure += [keys.i2k(meta.version, c) for c in range(chunks)]
     picked = sorted({c * max(chunks - 1, 0) // 7 for c in range(8)})  # 8 chunks, evenly spread
     names = TokenKeys.of(keys, meta)
