@@ -33,8 +33,11 @@ taken by other jobs (reading ~0.25, packing the MSETNX commands and the
 checksum input ~0.25, hashing ~0.3, sending ~0.1); fastText .vec 3.8-4.1 +
 0.35 (polars ~2.3 of it), 74-78k/s at 1M with load average ~1 (gensim's text
 loader on the same file: 5.5-6k/s, 33-36 CPU-s); word2vec text the same;
-GloVe with one token in 1,000 holding a space ~4.1 (~70k/s). The loader's RSS
-stays ~165 MiB (binary) and ~235 MiB (text) at 1M, whatever the file size.
+GloVe with one token in 1,000 holding a space ~4.1 (~70k/s). Those rates were
+measured by hand on a quiet machine; the benchmark report's figure 3 (a busier
+machine, load average 2.5-4) has binary 145k/s and text 44-56k/s, 11-13x gensim.
+The loader's RSS stays ~165 MiB (binary) and ~235 MiB (text) at 1M, whatever
+the file size.
 
 >>> meta = load("GoogleNews-vectors-negative300.bin.gz", "news")     # doctest: +SKIP
 >>> meta.count, meta.dim
