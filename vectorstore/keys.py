@@ -12,6 +12,7 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:news:3#vset            Redis 8 vector set (similarity index)
     vs:news:3#vset-build      vector set being built, renamed to #vset when done
     vs:news:3#vset-lock       index builder lock (SET NX PX, value names the owner)
+    vs:news:3#bloom           fastText models: Bloom filter of the vocabulary (raw bytes)
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
     vs:news:3#ng:<bucket>     fastText models: n-gram bucket row, same layout
                               (vector bytes + uint32 bucket number)
@@ -102,6 +103,9 @@ class Keys:
 
     def vset_lock(self, version: int) -> str:
         return f"{self.base}:{version}#vset-lock"
+
+    def bloom(self, version: int) -> str:
+        return f"{self.base}:{version}#bloom"
 
     def token_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a UTF-8 token to get its vector key."""
