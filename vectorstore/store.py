@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import Any, NamedTuple, TypeVar, cast
 
 import hiredis
@@ -722,7 +723,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         if not missing:
             return
         tokens = list(dict.fromkeys(keys[i] for i in missing))
-        plan = NgramPlan(tokens, params)
+        plan = NgramPlan(tokens, params, ride.hashes if ride is not None else None)
         rows = self._ngram_rows(view, plan.buckets, ride.values if ride is not None else {})
         vectors = plan.units(rows) if norm else plan.means(rows)
         at = {t: j for j, t in enumerate(tokens)}
@@ -1090,6 +1091,7 @@ class _NgramRide:
         self.view, self.params, self.bloom, self.keys = view, params, bloom, keys
         self.ngram_cache, self.prefix = ngram_cache, prefix
         self.absent: set[str] = set()  # tokens the filter rejected: certainly OOV
+        self.hashes: dict[str, list[int]] = {}  # their n-grams' buckets (and known missing's)
         self.values: dict[int, bytes | None] = {}
         self._buckets: list[int] = []
 
@@ -1104,7 +1106,8 @@ class _NgramRide:
             oov += [t for t in dict.fromkeys(self.keys) if cache.known_missing(t)]
         if not oov:
             return []
-        buckets = NgramPlan(oov, self.params).buckets
+        self.hashes = {t: self.params.buckets(t) for t in oov}
+        buckets = list(dict.fromkeys(chain.from_iterable(self.hashes.values())))
         if self.ngram_cache.enabled:
             rows = self.ngram_cache.rows([str(b) for b in buckets]).tolist()
             buckets = [b for b, row in zip(buckets, rows) if row < 0]
