@@ -448,8 +448,20 @@ def test_tasks_with_oov_subword_equal_gensim(server: EmbeddedRedis, loaded: str,
                                 ).get(timeout=30)
             assert np.array_equal(as_array(got), g[docs[0]])
             assert got["oov"] == [t for t in docs[0] if t not in g.key_to_index]
-            zero = app.send_task("tasks.vectorize_document", [docs[0]]).get(timeout=30)
+            default = app.send_task("tasks.vectorize_document", [docs[0]]).get(timeout=30)
+            assert np.array_equal(as_array(default), g[docs[0]])  # a fastText model: subword
+            assert default["missing"] == got["missing"]
+            zero = app.send_task("tasks.vectorize_document", [docs[0]], {"oov": "zero"}
+                                 ).get(timeout=30)
             assert zero["missing"] == got["missing"] and not as_array(zero)[got["missing"]].any()
+            assert np.array_equal(np.delete(as_array(zero), got["missing"], axis=0),
+                                  np.delete(g[docs[0]], got["missing"], axis=0))
+            plain = app.send_task("tasks.vectorize_document", [docs[0]], {"model": "lee-vec"}
+                                  ).get(timeout=30)  # no n-grams: the default is zero rows
+            assert plain["missing"] == got["missing"] and not as_array(plain)[got["missing"]].any()
+            both = app.send_task("tasks.vectorize_documents", [docs[:2]]).get(timeout=30)
+            for d, result in zip(docs, both):
+                assert np.array_equal(as_array(result), g[d])
             batch = app.send_task("tasks.vectorize_documents", [docs],
                                   {"oov": "subword", "max_len": 64, "normalize": True}
                                   ).get(timeout=30)
