@@ -149,8 +149,8 @@ class BloomFilter:
 
     def might_contain(self, tokens: Sequence[str]) -> np.ndarray:
         """Per token, False if it is certainly not in the filter (a bool array)."""
-        p = self._positions([t.encode() for t in tokens])
-        return np.asarray((self._data[p >> np.uint64(3)] & _MASKS[p & np.uint64(7)]).all(axis=1))
+        p = self._positions([t.encode() for t in tokens]).astype(np.intp)
+        return np.asarray((self._data[p >> 3] & _MASKS[p & 7]).all(axis=1))
 
     def to_bytes(self) -> bytes:
         return self._data.tobytes()
