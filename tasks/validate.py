@@ -9,14 +9,15 @@ else is rejected with a :class:`~tasks.errors.TaskInputError` subclass.
 Traceback (most recent call last):
 ...
 tasks.errors.InvalidDocumentError: document must be a list of str tokens, got str 'fast car'
->>> check_options(max_len=None, oov="drop", dtype="float32", normalize=False, max_tokens=10)
+>>> check_options(max_len=None, oov="drop", dtype="float32", normalize=False,
+...               max_tokens=10)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-tasks.errors.InvalidOptionError: oov must be one of 'zero', 'skip', 'error', 'subword'; got 'drop'
+tasks.errors.InvalidOptionError: oov must be one of 'zero', 'skip', 'error', 'subword' or null ...; got 'drop'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ class Options:
     """Validated options of ``vectorize_document(s)``."""
 
     max_len: int | None
-    oov: str
+    oov: str | None  # None: the model's default, see default_oov
     dtype: str
     normalize: bool
 
@@ -121,15 +122,32 @@ def check_options(max_len: Any, oov: Any, dtype: Any, normalize: Any,
                                 or not 1 <= max_len <= max_tokens):
         raise InvalidOptionError(
             f"max_len must be null or an integer from 1 to {max_tokens}; got {_short(max_len)}")
-    if not isinstance(oov, str) or oov not in OOV_POLICIES:
+    if oov is not None and (not isinstance(oov, str) or oov not in OOV_POLICIES):
         raise InvalidOptionError(
-            f"oov must be one of {', '.join(map(repr, OOV_POLICIES))}; got {_short(oov)}")
+            f"oov must be one of {', '.join(map(repr, OOV_POLICIES))} or null (the "
+            f"model's default: 'subword' for a fastText .bin model, else 'zero'); "
+            f"got {_short(oov)}")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise InvalidOptionError(
             f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {_short(dtype)}")
     if not isinstance(normalize, bool):
         raise InvalidOptionError(f"normalize must be true or false; got {_short(normalize)}")
     return Options(max_len, oov, dtype, normalize)
+
+
+def default_oov(opts: Options, subwords: bool) -> Options:
+    """``opts`` with the model's default for ``oov`` None: ``"subword"`` for a fastText
+    model loaded from its ``.bin`` (``subwords``: it has n-grams), as gensim's
+    ``FastTextKeyedVectors`` gives every word a vector; ``"zero"`` for any other.
+
+    >>> default_oov(Options(None, None, "float32", False), subwords=True).oov
+    'subword'
+    >>> default_oov(Options(None, "zero", "float32", False), subwords=True).oov
+    'zero'
+    """
+    if opts.oov is not None:
+        return opts
+    return replace(opts, oov="subword" if subwords else "zero")
 
 
 def check_flag(name: str, value: Any) -> bool:

@@ -3,9 +3,9 @@
 Task names are fixed, so any service can send them by name with JSON
 arguments; results are msgpack dicts (see :mod:`tasks.results`)::
 
-    tasks.vectorize_document(tokens, model=None, max_len=None, oov="zero",
+    tasks.vectorize_document(tokens, model=None, max_len=None, oov=None,
                              dtype="float32", normalize=False)
-    tasks.vectorize_documents(docs, model=None, max_len=None, oov="zero",
+    tasks.vectorize_documents(docs, model=None, max_len=None, oov=None,
                               dtype="float32", normalize=False)
     tasks.embed_document(tokens, model=None, weights=None, pre_normalize=True,
                          post_normalize=False, ignore_missing=True, dtype="float32")
@@ -43,7 +43,16 @@ from vectorstore import ModelNotFoundError, RedisKeyedVectors, StoreUnavailableE
 from . import stats as pool_stats
 from .errors import TaskInputError, UnknownModelError
 from .results import check_size, pack
-from .validate import Options, check_document, check_documents, check_flag, check_model, check_options, check_weights
+from .validate import (
+    Options,
+    check_document,
+    check_documents,
+    check_flag,
+    check_model,
+    check_options,
+    check_weights,
+    default_oov,
+)
 from .vectorize import mean_vector, vectorize
 
 logger = logging.getLogger(__name__)
@@ -137,16 +146,20 @@ _TASK_OPTIONS: dict[str, Any] = dict(
 
 
 def _options(max_len: Any, oov: Any, dtype: Any, normalize: Any) -> Options:
+    """Checked options; ``oov`` None stays None until :func:`default_oov` knows the model."""
     return check_options(max_len, oov, dtype, normalize, app.conf.vectorstore_max_tokens)
 
 
 @app.task(name="tasks.vectorize_document", **_TASK_OPTIONS)
 def vectorize_document(tokens: list[str], model: str | None = None,
-                       max_len: int | None = None, oov: str = "zero",
+                       max_len: int | None = None, oov: str | None = None,
                        dtype: str = "float32", normalize: bool = False) -> dict[str, Any]:
     """The (n, dim) matrix of ``tokens``, or (max_len, dim) cut or zero-padded.
 
-    ``oov``: ``"zero"`` rows, ``"skip"`` (leave out), or ``"error"``.
+    ``oov`` (tokens outside the vocabulary): ``"zero"`` rows, ``"skip"`` (leave
+    out), ``"error"``, or ``"subword"`` (fastText models loaded from their
+    ``.bin``: the mean of the token's n-gram vectors, as gensim). The default,
+    None, is ``"subword"`` for such a model and ``"zero"`` for any other.
     ``normalize`` makes each row unit-length (zero rows stay zero).
     """
     conf = app.conf
@@ -154,6 +167,7 @@ def vectorize_document(tokens: list[str], model: str | None = None,
                             max_chars=conf.vectorstore_max_token_chars)
     opts = _options(max_len, oov, dtype, normalize)
     kv = store(model)
+    opts = default_oov(opts, kv.subwords is not None)
     shape = (opts.max_len or len(tokens), kv.vector_size)
     check_size(shape, opts.dtype, conf.vectorstore_max_result_bytes)
     [(matrix, missing)] = vectorize(kv, [tokens], opts)
@@ -164,7 +178,7 @@ def vectorize_document(tokens: list[str], model: str | None = None,
 
 @app.task(name="tasks.vectorize_documents", **_TASK_OPTIONS)
 def vectorize_documents(docs: list[list[str]], model: str | None = None,
-                        max_len: int | None = None, oov: str = "zero",
+                        max_len: int | None = None, oov: str | None = None,
                         dtype: str = "float32", normalize: bool = False) -> Any:
     """``vectorize_document`` for a batch, with one store lookup of all unique tokens.
 
@@ -175,6 +189,7 @@ def vectorize_documents(docs: list[list[str]], model: str | None = None,
                            max_chars=app.conf.vectorstore_max_token_chars)
     opts = _options(max_len, oov, dtype, normalize)
     kv = store(model)
+    opts = default_oov(opts, kv.subwords is not None)
     dim, limit = kv.vector_size, app.conf.vectorstore_max_result_bytes
     shape = ((sum(map(len, docs)), dim) if opts.max_len is None
              else (len(docs), opts.max_len, dim))

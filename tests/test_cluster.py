@@ -217,3 +217,22 @@ def test_stalled_replica_costs_one_timeout_then_reads_go_to_the_primary(
         for _ in range(20):
             assert np.array_equal(kv[words], lee[words])
     assert _mgets([node]) - before == 1  # asked once (timed out), then left alone for a while
+
+
+def test_cluster_fasttext_subwords_equal_gensim(cluster: EmbeddedCluster) -> None:
+    """A fastText .bin on the cluster: OOV words from their n-gram rows (spread over every
+    master), bit-identical to gensim, in one round trip with the vocabulary filter."""
+    from gensim.models.fasttext import load_facebook_vectors
+
+    path = TEST_DATA / "lee_fasttext.bin"
+    ft = load_facebook_vectors(str(path))
+    load(str(path), "ft", url=cluster.url, progress=False)
+    kv = RedisKeyedVectors("ft", url=cluster.url, cache_bytes=0)
+    words = ["fire", "government", "unseenword", "Zürichsee", "qwxz"]
+    assert np.array_equal(kv.lookup(["fire", "blaze"], oov="subword").vectors, ft[["fire", "blaze"]])
+    before = kv.stats()["round_trips"]  # the filter is read: what follows is one MGET per master
+    found = kv.lookup(words, oov="subword")
+    assert kv.stats()["round_trips"] - before == 1
+    assert found.missing == [2, 3, 4]
+    assert np.array_equal(found.vectors, np.stack([ft[w] for w in words]))
+    assert verify("ft", url=cluster.url).ok

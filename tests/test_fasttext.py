@@ -23,11 +23,12 @@ from tasks import as_array
 from tasks.client import client_app
 from tasks.errors import InvalidOptionError
 from vectorstore import RedisKeyedVectors
-from vectorstore.errors import LoadError
+from vectorstore.bloom import checksum as bloom_checksum
+from vectorstore.errors import CorruptValueError, LoadError
 from vectorstore.fasttext import MAGIC, FastTextReader, looks_like_fasttext
 from vectorstore.index import IndexOptions
 from vectorstore.keys import Keys
-from vectorstore.loader import info, load
+from vectorstore.loader import info, load, verify
 from vectorstore.readers import open_vectors, sniff
 from vectorstore.server import EmbeddedRedis
 from vectorstore.subword import NgramPlan, SubwordParams
@@ -218,26 +219,103 @@ def test_vectors_equal_gensim_bit_for_bit(name: str, cache_bytes: int, loaded: s
         kv.get_index("unseenword")
 
 
-def test_subword_lookup_is_one_more_mget_at_most(loaded: str, gensim_models: dict) -> None:
+def test_subword_lookup_is_one_round_trip(loaded: str, gensim_models: dict) -> None:
+    """Vocabulary and OOV tokens in one MGET (the alias first): the vocabulary filter tells
+    the OOV ones, whose n-gram rows ride along; a false positive of the filter costs more."""
     r = redis.Redis.from_url(loaded)
     g = gensim_models["lee_fasttext.bin"]
     kv = RedisKeyedVectors("lee-fasttext", url=loaded, cache_bytes=0)
-    kv.lookup(["the"], oov="subword")  # metadata read
+    kv.lookup(["the"], oov="subword")  # metadata and vocabulary filter read
+    bloom = kv._bloom(kv._current())
+    assert bloom is not None
+    oov = [t for t in OOV if t not in g.key_to_index]
+    assert len(oov) > 15 and not bloom.might_contain(oov).any()
+    candidates = [f"fp{i}" for i in range(100_000)]  # a false positive of the filter
+    false_positive = candidates[int(np.argmax(bloom.might_contain(candidates)))]
+    assert bloom.might_contain([false_positive]).all() and false_positive not in g.key_to_index
 
-    def mgets(tokens: list[str]) -> int:
-        before = r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
-        assert np.array_equal(kv.lookup(tokens, oov="subword").vectors, g[tokens])
-        return int(r.info("commandstats")["cmdstat_mget"]["calls"] - before)
+    def trips(tokens: list[str]) -> tuple[int, int]:
+        """(round trips, MGETs) of one lookup, whose vectors must be gensim's."""
+        before = kv.stats()["round_trips"]
+        mget = r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        found = kv.lookup(tokens, oov="subword")
+        assert np.array_equal(found.vectors, g[tokens])
+        assert found.missing == [i for i, t in enumerate(tokens) if t not in g.key_to_index]
+        return (int(kv.stats()["round_trips"] - before),
+                int(r.info("commandstats")["cmdstat_mget"]["calls"] - mget))
 
     vocab = g.index_to_key[:100]
-    assert mgets(vocab) == 1
-    assert mgets(vocab[:50] + OOV * 3) == 2  # every OOV token's buckets in one MGET
-    assert mgets(OOV) == 2
+    rng = np.random.default_rng(1)
+    doc = [str(t) for t in rng.permutation(vocab[:50] + oov * 3)]
+    assert trips(vocab) == (1, 1)
+    assert trips(doc) == (1, 1)  # every OOV token's n-gram rows in the tokens' MGET
+    assert trips(oov) == (1, 1)
+    assert trips(doc + [false_positive]) == (3, 2)  # + EXISTS, + its n-grams' MGET
     kv = RedisKeyedVectors("lee-fasttext", url=loaded)  # with the caches of tokens and n-grams
-    kv.prewarm()  # the vocabulary's most frequent tokens, as a worker has them
-    assert mgets(vocab[:50] + OOV) == 2
-    assert mgets(OOV + vocab[:50]) == 0  # known OOV tokens, their n-grams cached: no round trip
-    assert mgets(vocab[:60] + ["unseenwords"]) == 2
+    kv.prewarm()  # the vocabulary's most frequent tokens and the filter, as a worker has them
+    assert trips(doc) == (1, 1)
+    assert trips(doc) == (0, 0)  # known OOV tokens, their n-grams cached: no round trip
+    assert trips(vocab[:60] + ["unseenwords"]) == (1, 1)
+    assert trips(vocab[:60] + [false_positive]) == (3, 2)
+    assert trips(vocab[:60] + [false_positive]) == (0, 0)  # known missing, n-grams cached
+    assert trips(["unseenwordz", "the", false_positive]) == (1, 1)  # only the new token
+
+
+def test_model_without_filter_reads_ngrams_in_a_second_mget(client: redis.Redis,
+                                                            gensim_models: dict) -> None:
+    """A fastText model loaded before vectorstore wrote vocabulary filters."""
+    g = gensim_models["lee_fasttext.bin"]
+    meta = load(TEST_DATA / "lee_fasttext.bin", "ft", client=client, progress=False)
+    keys = Keys("ft")
+    client.delete(keys.bloom(meta.version))
+    client.hdel(keys.meta(meta.version), "bloom_hash", "bloom_bits", "bloom_hashes",
+                "bloom_checksum")
+    kv = RedisKeyedVectors("ft", client=client, cache_bytes=0)
+    doc = g.index_to_key[:20] + ["unseenword", "Привет"]
+    kv.lookup(["the"], oov="subword")
+    before = kv.stats()["round_trips"]
+    assert np.array_equal(kv.lookup(doc, oov="subword").vectors, g[doc])
+    assert kv.stats()["round_trips"] - before == 3  # MGET, EXISTS of the OOV tokens, MGET
+    assert kv._bloom(kv._current()) is None
+
+
+def test_reload_between_lookups_is_seen_by_the_mget(client: redis.Redis,
+                                                    gensim_models: dict) -> None:
+    """The alias is the first key of the MGET that carries the n-gram rows too."""
+    g = gensim_models["lee_fasttext.bin"]
+    load(TEST_DATA / "crime-and-punishment.bin", "ft", client=client, progress=False)
+    kv = RedisKeyedVectors("ft", client=client, cache_bytes=0, refresh=3600)
+    kv.lookup(["the"], oov="subword")
+    meta = load(TEST_DATA / "lee_fasttext.bin", "ft", client=client, progress=False, grace=0)
+    doc = g.index_to_key[:20] + ["unseenword", "Привет"]
+    assert np.array_equal(kv.lookup(doc, oov="subword").vectors, g[doc])
+    assert kv.version == meta.version
+
+
+@pytest.mark.parametrize("case, message", [
+    ("short", r"vocabulary filter vs:\{ft\}:\d+#bloom holds 10 bytes instead of 3524"),
+    ("altered", "does not match the checksum stored with it"),
+    ("missing", "is missing or not a string"),
+    ("retyped", "is missing or not a string"),
+])
+def test_corrupt_filter_is_a_clear_error(case: str, message: str, client: redis.Redis) -> None:
+    meta = load(TEST_DATA / "lee_fasttext.bin", "ft", client=client, progress=False)
+    key = Keys("ft").bloom(meta.version)
+    stored = client.get(key)
+    assert isinstance(stored, bytes) and len(stored) == 3524
+    if case == "short":
+        client.set(key, stored[:10])
+    elif case == "altered":
+        client.set(key, stored[:100] + bytes([stored[100] ^ 0x10]) + stored[101:])
+    else:
+        client.delete(key)
+        if case == "retyped":
+            client.hset(key, "a", "b")
+    kv = RedisKeyedVectors("ft", client=client)
+    with pytest.raises(CorruptValueError, match=message):
+        kv.lookup(["the", "unseenword"], oov="subword")
+    with pytest.raises(CorruptValueError, match=message):
+        kv["unseenword"]
 
 
 def test_plan_deduplicates_buckets_across_tokens() -> None:
@@ -294,6 +372,67 @@ def test_metadata_float16_reload_and_memory(client: redis.Redis) -> None:
     assert info("ft", client=client).bytes_used < float32_bytes
 
 
+# --- verify ----------------------------------------------------------------------------
+
+@pytest.fixture()
+def ft(client: redis.Redis) -> tuple[redis.Redis, Keys, int]:
+    meta = load(TEST_DATA / "lee_fasttext.bin", "ft", client=client, progress=False)
+    assert verify("ft", client=client).ok
+    return client, Keys("ft"), meta.version
+
+
+@pytest.mark.parametrize("case, message", [
+    ("deleted", "n-gram bucket 17: no row stored (missing, or its key is not a string)"),
+    ("retyped", "n-gram bucket 17: no row stored (missing, or its key is not a string)"),
+    ("short", "n-gram bucket 17: value has 3 bytes, expected 44"),
+    ("moved", "n-gram bucket 17: value carries bucket 18 (overwritten or copied"),
+    ("nan", "n-gram bucket 17: value holds NaN or infinite floats"),
+    ("changed", "n-gram rows: checksum"),
+    ("extra", "n-gram rows: 2 key(s) past the model's 1000 buckets"),
+    ("filter deleted", "vocabulary filter vs:{ft}:1#bloom is missing"),
+    ("filter short", "vocabulary filter vs:{ft}:1#bloom holds 2 bytes instead of 3524"),
+    ("filter altered", "vocabulary filter vs:{ft}:1#bloom does not match the checksum"),
+    ("filter emptied", "bit(s) of the model's tokens are not set"),
+])
+def test_verify_names_what_is_wrong_with_ngrams_and_filter(
+        case: str, message: str, ft: tuple[redis.Redis, Keys, int]) -> None:
+    client, keys, version = ft
+    key, bloom = keys.ngram(version, 17), keys.bloom(version)
+    value, other, raw = client.mget([key, keys.ngram(version, 18), bloom])
+    assert isinstance(value, bytes) and isinstance(other, bytes) and isinstance(raw, bytes)
+    if case == "deleted":
+        client.delete(key)
+    elif case == "retyped":
+        client.delete(key)
+        client.rpush(key, b"x")
+    elif case == "short":
+        client.set(key, b"abc")
+    elif case == "moved":
+        client.set(key, other)
+    elif case == "nan":
+        client.set(key, np.full(10, np.nan, "<f4").tobytes() + value[-4:])
+    elif case == "changed":
+        client.set(key, np.float32(1.5).tobytes() + value[4:])
+    elif case == "extra":
+        client.set(keys.ngram(version, 1000), value)
+        client.set(keys.ngram_prefix(version) + b"x", value)
+    elif case == "filter deleted":
+        client.delete(bloom)
+    elif case == "filter short":
+        client.set(bloom, b"ab")
+    elif case == "filter altered":
+        client.setrange(bloom, 5, b"\xff")
+    else:  # a filter missing a vocabulary word's bits, its checksum updated to match
+        raw = bytes(8) + raw[8:]
+        client.set(bloom, raw)
+        client.hset(keys.meta(version), "bloom_checksum", bloom_checksum(raw))
+    result = verify("ft", client=client)
+    assert not result.ok
+    assert any(message in p for p in result.problems), result.problems
+    if case in ("nan", "changed"):
+        assert any("n-gram rows: checksum" in p for p in result.problems)
+
+
 # --- through a real worker -------------------------------------------------------------
 
 def test_tasks_with_oov_subword_equal_gensim(server: EmbeddedRedis, loaded: str, tmp_path: Path,
@@ -309,8 +448,20 @@ def test_tasks_with_oov_subword_equal_gensim(server: EmbeddedRedis, loaded: str,
                                 ).get(timeout=30)
             assert np.array_equal(as_array(got), g[docs[0]])
             assert got["oov"] == [t for t in docs[0] if t not in g.key_to_index]
-            zero = app.send_task("tasks.vectorize_document", [docs[0]]).get(timeout=30)
+            default = app.send_task("tasks.vectorize_document", [docs[0]]).get(timeout=30)
+            assert np.array_equal(as_array(default), g[docs[0]])  # a fastText model: subword
+            assert default["missing"] == got["missing"]
+            zero = app.send_task("tasks.vectorize_document", [docs[0]], {"oov": "zero"}
+                                 ).get(timeout=30)
             assert zero["missing"] == got["missing"] and not as_array(zero)[got["missing"]].any()
+            assert np.array_equal(np.delete(as_array(zero), got["missing"], axis=0),
+                                  np.delete(g[docs[0]], got["missing"], axis=0))
+            plain = app.send_task("tasks.vectorize_document", [docs[0]], {"model": "lee-vec"}
+                                  ).get(timeout=30)  # no n-grams: the default is zero rows
+            assert plain["missing"] == got["missing"] and not as_array(plain)[got["missing"]].any()
+            both = app.send_task("tasks.vectorize_documents", [docs[:2]]).get(timeout=30)
+            for d, result in zip(docs, both):
+                assert np.array_equal(as_array(result), g[d])
             batch = app.send_task("tasks.vectorize_documents", [docs],
                                   {"oov": "subword", "max_len": 64, "normalize": True}
                                   ).get(timeout=30)

@@ -12,6 +12,7 @@ Layout (``vs`` is the default prefix, ``news`` a model, ``3`` a version)::
     vs:{news}:3#vset          Redis 8 vector set (similarity index)
     vs:{news}:3#vset-build    vector set being built, renamed to #vset when done
     vs:{news}:3#vset-lock     index builder lock (SET NX PX, value names the owner)
+    vs:{news}:3#bloom         fastText models: Bloom filter of the vocabulary (raw bytes)
     vs:news:3#vset{news:3:2.5}        one shard of a sharded index (build 2, candidate 5)
     vs:news:3#vset-build{news:3:2.5}  that shard while it is being built
     vs:news:3:<token>         raw little-endian vector bytes + uint32 index
@@ -139,6 +140,9 @@ class Keys:
         """
         head, tag = shard.split("#vset{", 1)
         return f"{head}#vset-build{{{tag}"
+
+    def bloom(self, version: int) -> str:
+        return f"{self.tagged}:{version}#bloom"
 
     def token_prefix(self, version: int) -> bytes:
         """Bytes to prepend to a UTF-8 token to get its vector key."""

@@ -67,6 +67,7 @@ import redis
 from redis.crc import key_slot
 from tqdm import tqdm
 
+from .bloom import BloomFilter, BloomParams
 from .codec import Codec, Meta, check_dtype
 from .errors import CorruptValueError, LoadError, LoadInProgressError, ModelNotFoundError
 from .fasttext import FastTextReader
@@ -279,7 +280,8 @@ def verify(name: str, *, url: str | None = None, client: redis.Redis | None = No
     if there are more than the model's tokens, names the keys that are not
     tokens of the model (they would be served for an out-of-vocabulary word).
     Finally the count and checksum are compared with the metadata; a value
-    whose floats were changed in place shows there only.
+    whose floats were changed in place shows there only. A fastText model's
+    n-gram rows and vocabulary filter are checked too (:func:`_verify_subwords`).
 
     Raises:
         ModelNotFoundError: nothing named ``name``.
@@ -301,6 +303,7 @@ def verify(name: str, *, url: str | None = None, client: redis.Redis | None = No
             check.problem(f"index->token chunk {chunks} exists, but the metadata counts "
                           f"{meta.count} tokens ({chunks} chunks)")
         check.extra_keys()
+        _verify_subwords(d, keys, meta, check)
         if _current_version(r, keys) != meta.version:
             check.problem(f"the model was reloaded while it was verified (it now serves "
                           f"another version than {meta.version}): run verify again")
@@ -704,7 +707,8 @@ def _check_float16(reader: Reader, vectors: np.ndarray, first: int) -> None:
 
 def _write_ngrams(d: Deployment, keys: Keys, version: int, reader: FastTextReader,
                   codec: Codec, lock: Lock, progress: bool) -> dict[str, str]:
-    """Write every n-gram bucket row of ``reader`` as ``version``; return its metadata fields."""
+    """Write every n-gram bucket row of ``reader`` as ``version``, and the Bloom filter of
+    the vocabulary written before (:func:`_write_bloom`); return their metadata fields."""
     assert reader.params is not None
     packer = _Packer(keys.ngram_prefix(version), codec)
     writer = _Writer(d, reader, codec, packer, TokenKeys(packer.prefix))
@@ -721,7 +725,29 @@ def _write_ngrams(d: Deployment, keys: Keys, version: int, reader: FastTextReade
             writer.close()
     finally:
         writer.stop()
-    return {**reader.params.to_extra(), "subword_checksum": writer.digest.hexdigest()}
+    return {**reader.params.to_extra(), "subword_checksum": writer.digest.hexdigest(),
+            **_write_bloom(d.client, keys, version, reader.count)}
+
+
+def _write_bloom(r: redis.Redis, keys: Keys, version: int, count: int) -> dict[str, str]:
+    """Write the Bloom filter of the ``count`` tokens of ``version`` (read back from its
+    index->token chunks: what readers will be served); return its metadata fields."""
+    bloom = _vocabulary_filter(r, keys, version, count, BloomParams.sized(count))
+    r.set(keys.bloom(version), bloom.to_bytes())
+    return bloom.params_with_checksum().to_extra()
+
+
+def _vocabulary_filter(r: redis.Redis, keys: Keys, version: int, count: int,
+                       params: BloomParams) -> BloomFilter:
+    """The Bloom filter (sized by ``params``) of the tokens listed by the index->token
+    chunks of ``version``'s ``count`` tokens, read 64 chunks per round trip."""
+    bloom = BloomFilter(params)
+    chunks = -(-count // I2K_CHUNK)
+    for first in range(0, chunks, 64):
+        for raw in r.mget([keys.i2k(version, c) for c in range(first, min(first + 64, chunks))]):
+            if raw:
+                bloom.add(bytes(raw).split(b"\n"))
+    return bloom
 
 
 def _check_ngrams(reader: FastTextReader, rows: np.ndarray, first: int, dtype: str) -> None:
@@ -737,15 +763,83 @@ def _check_ngrams(reader: FastTextReader, rows: np.ndarray, first: int, dtype: s
 
 
 def _ngram_bytes(r: redis.Redis, keys: Keys, meta: Meta) -> int:
-    """Bytes of a fastText version's n-gram rows: a sample of their keys x their number."""
+    """Bytes of a fastText version's n-gram rows (a sample of their keys x their number)
+    and of its vocabulary filter."""
     params = SubwordParams.from_extra(meta.extra)
     if params is None:
         return 0
     with r.pipeline(transaction=False) as pipe:
         for bucket in range(0, params.bucket, max(1, params.bucket // MEMORY_SAMPLE)):
             pipe.memory_usage(keys.ngram(meta.version, bucket))
-        sizes = [s for s in pipe.execute() if s is not None]
-    return int(sum(sizes) / len(sizes) * params.bucket) if sizes else 0
+        pipe.memory_usage(keys.bloom(meta.version))
+        *replies, bloom = pipe.execute()
+    sizes = [s for s in replies if s is not None]
+    return (int(sum(sizes) / len(sizes) * params.bucket) if sizes else 0) + (bloom or 0)
+
+
+def _verify_subwords(d: Deployment, keys: Keys, meta: Meta, check: _TokenCheck) -> None:
+    """:func:`verify` of a fastText version: every n-gram bucket's value (present, its
+    length, its stored bucket number, finite floats), their checksum against the one the
+    loader stored, keys past the last bucket, and the vocabulary filter (present, length,
+    checksum, and equal to the filter of the model's tokens). Problems go to ``check``."""
+    params = SubwordParams.from_extra(meta.extra)
+    if params is None:
+        return
+    version, codec = meta.version, check.codec
+    prefix = keys.ngram_prefix(version)
+    digest = hashlib.blake2b()
+    for first in range(0, params.bucket, I2K_CHUNK):
+        numbers = [b"%d" % b for b in range(first, min(first + I2K_CHUNK, params.bucket))]
+        values = d.mget([prefix + n for n in numbers])
+        good = [i for i, v in enumerate(values) if v is not None and len(v) == codec.size]
+        for i, value in enumerate(values):
+            if value is None:
+                check.problem(f"n-gram bucket {first + i}: no row stored (missing, or its key "
+                              f"is not a string)")
+            elif len(value) != codec.size:
+                check.problem(f"n-gram bucket {first + i}: value has {len(value)} bytes, "
+                              f"expected {codec.size}")
+        rec = codec.records([bytes(values[i]) for i in good])
+        finite = np.isfinite(rec["v"]).reshape(len(good), -1).all(axis=1).tolist()
+        for i, at, ok in zip(good, rec["i"].tolist(), finite, strict=True):
+            if at != first + i:
+                check.problem(f"n-gram bucket {first + i}: value carries bucket {at} "
+                              f"(overwritten or copied from another key)")
+            elif not ok:
+                check.problem(f"n-gram bucket {first + i}: value holds NaN or infinite floats")
+        digest.update(_checksum_input([numbers[i] for i in good],
+                                      [bytes(values[i]) for i in good], codec.payload))
+    expected = meta.extra.get("subword_checksum")
+    if expected and digest.hexdigest() != expected:
+        check.problem(f"n-gram rows: checksum {digest.hexdigest()[:16]} differs from the one "
+                      f"stored at load ({expected[:16]}): a value was changed in place")
+    extra = [k for k in d.client.scan_iter(match=prefix + b"*", count=SCAN_COUNT)
+             if not (k[len(prefix):].isdigit() and int(k[len(prefix):]) < params.bucket)]
+    if extra:
+        shown = ", ".join(repr(k.decode("utf-8", "replace")) for k in extra[:5])
+        check.problem(f"n-gram rows: {len(extra)} key(s) past the model's {params.bucket} "
+                      f"buckets: {shown}")
+    _verify_bloom(d.client, keys, meta, check)
+
+
+def _verify_bloom(r: redis.Redis, keys: Keys, meta: Meta, check: _TokenCheck) -> None:
+    """The vocabulary filter part of :func:`_verify_subwords`."""
+    params = BloomParams.from_extra(meta.extra)
+    if params is None:
+        return  # loaded before vectorstore wrote filters: readers use two round trips
+    key = keys.bloom(meta.version)
+    try:
+        stored = BloomFilter.stored(params, r.get(key), f"vocabulary filter {key}")
+    except (CorruptValueError, redis.ResponseError) as exc:
+        check.problem(str(exc))
+        return
+    built = _vocabulary_filter(r, keys, meta.version, meta.count, params)
+    lost = np.unpackbits(np.frombuffer(built.to_bytes(), np.uint8)
+                         & ~np.frombuffer(stored.to_bytes(), np.uint8)).sum()
+    if lost:
+        check.problem(f"vocabulary filter {key}: {lost} bit(s) of the model's tokens are not "
+                      f"set (those tokens would be served their subword vectors): reload "
+                      f"the model")
 
 
 # If KEYS[1] (the lock) holds ARGV[1] (our name): write the metadata hash KEYS[2] (fields in

@@ -17,12 +17,14 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import redis
 from gensim.models import KeyedVectors
 
+from .bloom import BloomFilter, BloomParams
 from .cache import MISSING, UNKNOWN, VectorCache
 from .codec import Meta, alias_version
 from .connection import redact, resolve_url
@@ -178,8 +180,6 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         """One command on the primary owning its key (``args[1]``), one round trip."""
         return self._fast_calls([args])[0]
 
-    _fast_call = _call
-
     def _fast_calls(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Replies to ``commands`` (each on its key's primary), about one round trip."""
         return self._counted(lambda d: d.calls(commands))
@@ -269,8 +269,10 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
 
     # --- lookups ----------------------------------------------------------------
 
-    def _mget(self, view: View, tokens: Sequence[str]) -> list[bytes | None]:
-        """Values of ``tokens`` in ``view``'s version, read with the alias in one MGET.
+    def _mget(self, view: View, tokens: Sequence[str],
+              ride: _NgramRide | None = None) -> list[bytes | None]:
+        """Values of ``tokens`` in ``view``'s version, read with the alias in one MGET
+        (and the n-gram rows ``ride`` asks for, handed to it).
 
         Raises _Moved if the alias no longer points to ``view``: then the values
         may belong to another version, and the caller re-syncs and retries.
@@ -280,7 +282,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         except AttributeError:
             bad = next(t for t in tokens if not isinstance(t, str))
             raise TypeError(f"tokens must be str, got {type(bad).__name__} {bad!r}") from None
-        return self._counted(lambda d: d.versioned_mget(self.keys.current, view.alias, names))
+        extra = ride.names(tokens) if ride is not None else []
+        sure = {i for i, t in enumerate(tokens) if t in ride.absent} if ride is not None else ()
+        values = self._counted(lambda d: d.versioned_mget(self.keys.current, view.alias,
+                                                          [*names, *extra], sure))
+        if extra:
+            ride.read(values[len(names):])  # type: ignore[union-attr]  # extra: ride is set
+            del values[len(names):]
+        return values
 
     def _on_current(self, read: Callable[[View], T]) -> T:
         """``read(view)`` on the version the alias points to, following flips."""
@@ -353,7 +362,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             raise self._corrupt(view, [tokens[i] for i in bad], "NaN or infinite floats")
         return out
 
-    def _check_absent(self, view: View, tokens: Sequence[str]) -> None:
+    def _check_absent(self, view: View, tokens: Sequence[str],
+                      ride: _NgramRide | None = None) -> None:
         """Raise CorruptValueError if a token MGET read as absent has a key of another type.
 
         MGET answers nil for a hash, list or set as for no key, so such a token
@@ -361,7 +371,13 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         token, ~15 us), paid by a lookup that meets tokens absent and not yet
         known to be absent. A deleted token key cannot be told from an
         out-of-vocabulary token this way: ``vectorstore verify`` names those.
+        Tokens ``ride``'s vocabulary filter rejected need no check: they are no
+        tokens of the model, whatever their keys hold.
         """
+        if ride is not None:
+            tokens = ride.unsure(tokens)
+            if not tokens:
+                return
         names = view.names(tokens)
         exists = self._fast_calls([("EXISTS", n) for n in names])
         bad = [t for t, e in zip(tokens, exists) if e]
@@ -375,13 +391,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             f"model {self.name!r} version {view.meta.version}: the stored value of token(s) "
             f"{shown} holds {what}: run `vectorstore verify {self.name}` and reload the model")
 
-    def _lookup_direct(self, view: View, keys: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _lookup_direct(self, view: View, keys: list[str], ride: _NgramRide | None = None
+                       ) -> tuple[np.ndarray, list[int]]:
         """Vectors of ``keys`` and their OOV positions, all read from Redis (no cache)."""
-        values = self._mget(view, keys)
+        values = self._mget(view, keys, ride)
         self._counts.tokens += len(keys)
         out, missing = self._decode_some(view, keys, values)
         if missing:
-            self._check_absent(view, list(dict.fromkeys(keys[i] for i in missing)))
+            self._check_absent(view, list(dict.fromkeys(keys[i] for i in missing)), ride)
         return out, missing
 
     def _decode_some(self, view: View, keys: list[str],
@@ -397,7 +414,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                                       [v for v in values if v is not None])
         return out, missing
 
-    def _lookup_cached(self, view: View, keys: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _lookup_cached(self, view: View, keys: list[str], ride: _NgramRide | None = None
+                       ) -> tuple[np.ndarray, list[int]]:
         """``_lookup_direct`` through the cache: no round trip when every token is cached
         (or known absent), else one MGET of the others, offered to the cache afterwards.
 
@@ -409,7 +427,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         counts.tokens += len(keys)
         sample = keys[:KNOWN_SAMPLE]
         if cache.known(sample) * 2 < len(sample):
-            out, missing = self._decode_some(view, keys, self._mget(view, keys))
+            out, missing = self._decode_some(view, keys, self._mget(view, keys, ride))
             absent = missing
             wanted, fetched = keys[::ADMIT_STRIDE], out[::ADMIT_STRIDE]
             offered_absent = [i // ADMIT_STRIDE for i in missing if i % ADMIT_STRIDE == 0]
@@ -426,7 +444,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             unknown = np.flatnonzero(rows == UNKNOWN)
             wanted = got = [keys[i] for i in unknown.tolist()]  # Python work per miss only
             fetched, absent = self._decode_some(view, wanted,
-                                                self._mget(view, wanted) if wanted else [])
+                                                self._mget(view, wanted, ride) if wanted else [])
             offered_absent = absent
             out[unknown] = fetched
             gone = rows == MISSING
@@ -436,7 +454,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         new_absent = [t for t in dict.fromkeys(got[i] for i in absent)
                       if not cache.known_missing(t)]
         if new_absent:
-            self._check_absent(view, new_absent)
+            self._check_absent(view, new_absent, ride)
         if offered_absent:
             keep = np.ones(len(wanted), dtype=bool)
             keep[offered_absent] = False
@@ -468,6 +486,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             cache = view.cache
             with cache.lock:
                 cache.clear()
+            self._bloom(view)  # fastText: read before a worker forks, so its pool shares it
             total = min(view.meta.count, cache.capacity if n is None else max(0, n),
                         cache.capacity)
             done = 0
@@ -618,8 +637,14 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return seen[1]
 
     def _subword_lookup(self, keys: list[str], norm: bool = False) -> Lookup:
-        """``lookup(keys, oov="subword")``: OOV rows from their n-grams, one more MGET at most
-        (none when the process's n-gram cache holds them all).
+        """``lookup(keys, oov="subword")``: OOV rows from their n-grams, in one round trip.
+
+        With the model's vocabulary filter (:mod:`vectorstore.bloom`, written by the
+        loader), the n-gram rows of the tokens it rejects, and of the tokens the
+        cache knows missing, are read in the same MGET as the other tokens
+        (deduplicated, not those in the n-gram cache); only a false positive of the
+        filter (~0.8% of OOV tokens) needs one more. A model loaded without a
+        filter reads the OOV tokens' n-gram rows in a second MGET.
 
         ``missing`` lists the OOV positions (filled, not left out). With ``norm``
         the OOV rows are gensim's ``get_vector(key, norm=True)`` (the n-gram sum
@@ -632,21 +657,44 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                     f"oov='subword' needs a fastText model loaded from its .bin file (with "
                     f"n-gram buckets); model {self.name!r} has none: use oov='zero', 'skip' "
                     f"or 'error'")
+            bloom = self._bloom(view)
+            ride = None if bloom is None else _NgramRide(
+                view, params, bloom, keys, self._ngram_cache(view),
+                self.keys.ngram_prefix(view.meta.version))
             out, missing = (self._lookup_cached if view.cache.enabled
-                            else self._lookup_direct)(view, keys)
-            self._fill_subwords(view, params, keys, out, missing, norm)
+                            else self._lookup_direct)(view, keys, ride)
+            self._fill_subwords(view, params, keys, out, missing, norm, ride)
             return out, missing
-        return Lookup(*self._on_current(read))
+        found = Lookup(*self._on_current(read))
+        self._counts.lookups += 1
+        self._counts.absent += len(found.missing)
+        return found
+
+    def _bloom(self, view: View) -> BloomFilter | None:
+        """``view``'s vocabulary filter, read once per version (None if it has none)."""
+        seen = self.__dict__.get("_bloom_seen")
+        if seen is None or seen[0] is not view:
+            params = BloomParams.from_extra(view.meta.extra)
+            bloom = None
+            if params is not None:
+                key = self.keys.bloom(view.meta.version)
+                [raw] = self._counted(lambda d: d.versioned_mget(self.keys.current,
+                                                                 view.alias, [key]))
+                bloom = BloomFilter.stored(params, raw, f"model {self.name!r} version "
+                                           f"{view.meta.version}: its vocabulary filter {key}")
+            seen = self.__dict__["_bloom_seen"] = (view, bloom)
+        return seen[1]
 
     def _fill_subwords(self, view: View, params: SubwordParams, keys: Sequence[str],
-                       out: np.ndarray, missing: list[int], norm: bool = False) -> None:
-        """Set the rows ``missing`` of ``out`` from their tokens' n-gram rows (one MGET of
-        the buckets of all of them, deduplicated); zero rows for tokens without n-grams."""
+                       out: np.ndarray, missing: list[int], norm: bool = False,
+                       ride: _NgramRide | None = None) -> None:
+        """Set the rows ``missing`` of ``out`` from their tokens' n-gram rows (those ``ride``
+        read, the others in one MGET, deduplicated); zero rows for tokens without n-grams."""
         if not missing:
             return
         tokens = list(dict.fromkeys(keys[i] for i in missing))
-        plan = NgramPlan(tokens, params)
-        rows = self._ngram_rows(view, plan.buckets)
+        plan = NgramPlan(tokens, params, ride.hashes if ride is not None else None)
+        rows = self._ngram_rows(view, plan.buckets, ride.values if ride is not None else {})
         vectors = plan.units(rows) if norm else plan.means(rows)
         at = {t: j for j, t in enumerate(tokens)}
         out[missing] = vectors[[at[keys[i]] for i in missing]]
@@ -659,44 +707,69 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
             self.__dict__["_ngram_cache_seen"] = seen
         return seen[1]
 
-    def _ngram_rows(self, view: View, buckets: list[int]) -> np.ndarray:
-        """The rows of ``buckets``: from the n-gram cache, the others in one MGET."""
+    def _ngram_rows(self, view: View, buckets: list[int],
+                    given: Mapping[int, bytes | None]) -> np.ndarray:
+        """The rows of ``buckets``: from the n-gram cache, from the values ``given`` (read
+        with the tokens), the others in one MGET."""
         cache = self._ngram_cache(view)
-        if not cache.enabled:
-            return self._fetch_ngrams(view, buckets)
-        names = [str(b) for b in buckets]
         out = np.empty((len(buckets), view.codec.dim), dtype=np.float32)
-        with cache.lock:
-            rows = np.array(cache.rows(names), dtype=np.intp)
-            hit = rows >= 0
-            out[hit] = cache.gather(rows[hit])
-        miss = np.flatnonzero(~hit).tolist()
-        if miss:
-            out[miss] = fetched = self._fetch_ngrams(view, [buckets[i] for i in miss])
+        names = [str(b) for b in buckets]
+        miss = list(range(len(buckets)))
+        if cache.enabled:
+            with cache.lock:
+                rows = np.array(cache.rows(names), dtype=np.intp)
+                hit = rows >= 0
+                out[hit] = cache.gather(rows[hit])
+            miss = np.flatnonzero(~hit).tolist()
+        if not miss:
+            return out
+        wanted = [buckets[i] for i in miss]
+        read = iter(self._ngram_values(view, [b for b in wanted if b not in given]))
+        out[miss] = fetched = self._decode_ngrams(
+            view, wanted, [given[b] if b in given else next(read) for b in wanted])
+        if cache.enabled:
             with cache.lock:
                 cache.put([names[i] for i in miss], fetched)
         return out
 
-    def _fetch_ngrams(self, view: View, buckets: list[int]) -> np.ndarray:
-        """The rows of ``buckets`` in ``view``'s version, read with the alias in one MGET."""
+    def _ngram_values(self, view: View, buckets: list[int]) -> list[bytes | None]:
+        """The stored values of ``buckets`` in ``view``'s version, read with the alias in one
+        MGET (none for no bucket)."""
         if not buckets:
-            return np.zeros((0, view.codec.dim), dtype=np.float32)
+            return []
         prefix = self.keys.ngram_prefix(view.meta.version)
-        values = self._counted(lambda d: d.versioned_mget(
+        return self._counted(lambda d: d.versioned_mget(
             self.keys.current, view.alias, [prefix + b"%d" % b for b in buckets]))
+
+    def _decode_ngrams(self, view: View, buckets: list[int],
+                       values: list[bytes | None]) -> np.ndarray:
+        """float32 rows of ``buckets`` from their stored ``values``, checked like tokens'
+        (present, length, stored bucket number, finite floats)."""
+        codec = view.codec
+
+        def corrupt(i: int, what: str) -> CorruptValueError:
+            key = (self.keys.ngram_prefix(view.meta.version) + b"%d" % buckets[i]).decode()
+            return CorruptValueError(f"model {self.name!r} version {view.meta.version}: its "
+                                     f"n-gram bucket {buckets[i]} ({key}) {what}: run "
+                                     f"`vectorstore verify {self.name}` and reload the model")
         if None in values:
-            bucket = buckets[values.index(None)]
-            raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: its "
-                                    f"n-gram bucket {bucket} ({(prefix + b'%d' % bucket).decode()}) "
-                                    f"is missing: reload the model")
+            raise corrupt(values.index(None), "is missing or not a string")
         present = cast("list[bytes]", values)
-        stored = view.codec.decode_indexes(present)
+        bad = codec.bad_lengths(present)
+        if bad:
+            raise corrupt(bad[0], f"holds {len(present[bad[0]])} bytes instead of {codec.size}")
+        rec = codec.records(present)
+        stored = rec["i"]
         if not np.array_equal(stored, buckets):
-            bad = int(np.flatnonzero(stored != np.asarray(buckets))[0])
-            raise CorruptValueError(f"model {self.name!r} version {view.meta.version}: the value "
-                                    f"of n-gram bucket {buckets[bad]} carries bucket "
-                                    f"{int(stored[bad])}: reload the model")
-        return view.codec.decode(present)
+            i = int(np.flatnonzero(stored != np.asarray(buckets))[0])
+            raise corrupt(i, f"holds the row of bucket {int(stored[i])}")
+        rows = rec["v"].astype(np.float32).reshape(len(present), codec.dim)
+        if not np.isfinite(rows).all():
+            raise corrupt(int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]),
+                          "holds NaN or infinite floats")
+        self._counts.fetched += len(present)
+        self._counts.bytes += len(present) * codec.size
+        return rows
 
     def _subword_rows(self, view: View, keys: Sequence[Any], indexes: np.ndarray,
                       norm: bool) -> dict[int, np.ndarray]:
@@ -896,3 +969,49 @@ class KeyToIndex(Mapping[str, int]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._kv.index_to_key)
+
+
+class _NgramRide:
+    """The n-gram rows a fastText lookup reads in the same MGET as its tokens.
+
+    ``_mget`` asks :meth:`names` for the keys to add, given the tokens it
+    fetches: the n-gram rows (deduplicated, not in the n-gram cache) of the
+    tokens the vocabulary filter rejects and of those the token cache knows
+    missing. :attr:`values` then holds what was read, by bucket.
+    """
+
+    def __init__(self, view: View, params: SubwordParams, bloom: BloomFilter,
+                 keys: Sequence[str], ngram_cache: VectorCache, prefix: bytes) -> None:
+        self.view, self.params, self.bloom, self.keys = view, params, bloom, keys
+        self.ngram_cache, self.prefix = ngram_cache, prefix
+        self.absent: set[str] = set()  # tokens the filter rejected: certainly OOV
+        self.hashes: dict[str, list[int]] = {}  # their n-grams' buckets (and known missing's)
+        self.values: dict[int, bytes | None] = {}
+        self._buckets: list[int] = []
+
+    def names(self, fetching: Sequence[str]) -> list[bytes]:
+        """Keys of the n-gram rows to read with the tokens ``fetching``."""
+        unique = list(dict.fromkeys(fetching))
+        maybe = self.bloom.might_contain(unique).tolist()
+        self.absent = {t for t, m in zip(unique, maybe) if not m}
+        oov = list(self.absent)
+        cache = self.view.cache
+        if cache.enabled:
+            oov += [t for t in dict.fromkeys(self.keys) if cache.known_missing(t)]
+        if not oov:
+            return []
+        self.hashes = {t: self.params.buckets(t) for t in oov}
+        buckets = list(dict.fromkeys(chain.from_iterable(self.hashes.values())))
+        if self.ngram_cache.enabled:
+            rows = self.ngram_cache.rows([str(b) for b in buckets]).tolist()
+            buckets = [b for b, row in zip(buckets, rows) if row < 0]
+        self._buckets = buckets
+        return [self.prefix + b"%d" % b for b in buckets]
+
+    def read(self, values: Sequence[bytes | None]) -> None:
+        """Keep ``values`` of the keys :meth:`names` gave, by bucket."""
+        self.values = dict(zip(self._buckets, values))
+
+    def unsure(self, tokens: Sequence[str]) -> list[str]:
+        """``tokens`` but those the filter rejected (an MGET read them absent for sure)."""
+        return [t for t in tokens if t not in self.absent]

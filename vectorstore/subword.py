@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 from gensim.models.fasttext import ft_ngram_hashes
@@ -85,22 +86,29 @@ class SubwordParams:
 class NgramPlan:
     """The n-gram buckets of some tokens, deduplicated across them.
 
+    ``hashes`` may give tokens' buckets already computed (:meth:`SubwordParams.buckets`).
+
     Attributes:
-        buckets: each bucket needed, once, in order of first use; the rows
-            given to :meth:`sums` and friends follow this order.
+        buckets: each bucket needed, once (ascending); the rows given to
+            :meth:`sums` and friends follow this order.
         counts: number of n-grams of each token.
     """
 
-    def __init__(self, tokens: Sequence[str], params: SubwordParams) -> None:
-        per_token = [params.buckets(t) for t in tokens]
+    def __init__(self, tokens: Sequence[str], params: SubwordParams,
+                 hashes: Mapping[str, list[int]] | None = None) -> None:
+        known = hashes or {}
+        per_token = [known[t] if t in known else params.buckets(t) for t in tokens]
         self.counts = np.fromiter(map(len, per_token), dtype=np.intp, count=len(per_token))
-        seen: dict[int, int] = {}
-        at = [[seen.setdefault(b, len(seen)) for b in found] for found in per_token]
-        self.buckets = list(seen)
+        total = int(self.counts.sum())
+        flat = np.fromiter(chain.from_iterable(per_token), dtype=np.int64, count=total)
+        unique, inverse = np.unique(flat, return_inverse=True)
+        self.buckets: list[int] = unique.tolist()
         # row k of a token's n-grams, or len(buckets): a zero row, after its last n-gram
-        self._at = np.full((len(at), int(self.counts.max(initial=0))), len(seen), dtype=np.intp)
-        for i, found in enumerate(at):
-            self._at[i, :len(found)] = found
+        self._at = np.full((len(per_token), int(self.counts.max(initial=0))), len(unique),
+                           dtype=np.intp)
+        starts = np.cumsum(self.counts) - self.counts
+        row = np.repeat(np.arange(len(per_token)), self.counts)
+        self._at[row, np.arange(total) - starts[row]] = inverse
 
     def __len__(self) -> int:
         return len(self.counts)

@@ -37,7 +37,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -247,14 +247,15 @@ class Deployment:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self.unavailable(exc) from exc
 
-    def mget(self, names: Sequence[Key]) -> list[bytes | None]:
-        """Values of the string keys ``names`` (None: no such string), in order."""
+    def mget(self, names: Sequence[Key], absent: Collection[int] = ()) -> list[bytes | None]:
+        """Values of the string keys ``names`` (None: no such string), in order; the keys
+        at positions ``absent`` are known not to exist (a replica's nil needs no check)."""
         if not names:
             return []
         if self.replicas and self._replicas_usable():
             values = self._replica_mget(names)
             if values is not None:
-                return self._recheck(names, values)
+                return self._recheck(names, values, absent)
             self._replica_failed()
         return cast("list[bytes | None]", self.calls([("MGET", *names)])[0])
 
@@ -266,20 +267,21 @@ class Deployment:
         stalled would otherwise cost every read a connect or socket timeout."""
         self._replicas_back_at = time.monotonic() + REPLICA_PAUSE
 
-    def versioned_mget(self, alias: str, expected: bytes,
-                       names: Sequence[Key]) -> list[bytes | None]:
+    def versioned_mget(self, alias: str, expected: bytes, names: Sequence[Key],
+                       absent: Collection[int] = ()) -> list[bytes | None]:
         """``mget(names)`` for keys of the version ``expected`` names; raises :class:`Moved`
         if the alias ``alias`` names another (the values may then be of a deleted version).
 
         On one server the alias rides in the same MGET as the values (atomic). Where
         it cannot (replicas, cluster), keys of a version are never rewritten, so a
         value read is that version's; a nil is confirmed by reading the alias on
-        its primary after the values were read: a version is deleted only after
-        the alias moved away from it.
+        its primary after the values were read (a version is deleted only after
+        the alias moved away from it), unless its position is in ``absent`` (keys
+        the caller knows do not exist, such as tokens a vocabulary filter rejects).
         """
-        if self.replicas:
-            values = self.mget(names)
-            if None in values:
+        if self.replicas or self.kind == "cluster":
+            values = self.mget(names, absent)
+            if any(v is None and i not in absent for i, v in enumerate(values)):
                 self._check_alias(alias, expected)
             return values
         version, *values = self.calls([("MGET", alias, *names)])[0]
@@ -303,9 +305,11 @@ class Deployment:
             return None
         return None if isinstance(reply, redis.ResponseError) else cast("list[bytes | None]", reply)
 
-    def _recheck(self, names: Sequence[Key], values: list[bytes | None]) -> list[bytes | None]:
-        """``values`` with each nil a replica gave asked again of the primary."""
-        missing = [i for i, v in enumerate(values) if v is None]
+    def _recheck(self, names: Sequence[Key], values: list[bytes | None],
+                 absent: Collection[int] = ()) -> list[bytes | None]:
+        """``values`` with each nil a replica gave asked again of the primary (but for the
+        positions ``absent``)."""
+        missing = [i for i, v in enumerate(values) if v is None and i not in absent]
         if missing:
             again = self._primary_mget([names[i] for i in missing])
             for i, v in zip(missing, again):
@@ -460,7 +464,7 @@ class ClusterDeployment(Deployment):
         except (redis.RedisError, IndexError, KeyError):
             pass  # every known node is down for now: the next attempt tries again
 
-    def mget(self, names: Sequence[Key]) -> list[bytes | None]:
+    def mget(self, names: Sequence[Key], absent: Collection[int] = ()) -> list[bytes | None]:
         if not names:
             return []
         commands = _mgets_by_slot(names)
@@ -471,20 +475,13 @@ class ClusterDeployment(Deployment):
                 self._safe_refresh()
             else:
                 if not any(isinstance(r, Exception) for r in replies):
-                    return self._recheck(names, _unsplit(len(names), commands, replies))
+                    return self._recheck(names, _unsplit(len(names), commands, replies), absent)
             self._replica_failed()
         return self._primary_mget(names)
 
     def _primary_mget(self, names: Sequence[Key]) -> list[bytes | None]:
         commands = _mgets_by_slot(names)
         return _unsplit(len(names), commands, self.calls([c for c, _ in commands]))
-
-    def versioned_mget(self, alias: str, expected: bytes,
-                       names: Sequence[Key]) -> list[bytes | None]:
-        values = self.mget(names)
-        if None in values:
-            self._check_alias(alias, expected)
-        return values
 
 
 def _mgets_by_slot(names: Sequence[Key]) -> list[tuple[tuple[Any, ...], list[int]]]:
