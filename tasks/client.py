@@ -71,7 +71,7 @@ def chunks(docs: Sequence[Any], chunk_tokens: int, max_len: int | None = None
 
 
 def vectorize(docs: Sequence[Any], *, model: str | None = None, max_len: int | None = None,
-              oov: str = "zero", dtype: str = "float32", normalize: bool = False,
+              oov: str | None = None, dtype: str = "float32", normalize: bool = False,
               app: Celery | None = None, chunk_tokens: int = 2048, window: int = 8,
               timeout: float | None = 300.0, resend_after: float | None = 60.0,
               progress: bool = True) -> list[np.ndarray | BaseException]:
@@ -81,7 +81,8 @@ def vectorize(docs: Sequence[Any], *, model: str | None = None, max_len: int | N
     ``chunk_tokens`` tokens, at most ``window`` chunks in flight (this bounds
     the results waiting in Redis for this client). When a chunk fails because
     of one of its documents, its documents are sent again one by one, so only
-    the bad ones fail. Options are those of ``tasks.vectorize_document``; with
+    the bad ones fail. Options are those of ``tasks.vectorize_document`` (``oov``
+    None: the model's default, ``"subword"`` for a fastText model); with
     ``max_len`` every matrix is (max_len, dim). A task with no result after
     ``resend_after`` s is sent again (see :func:`wait`).
 
