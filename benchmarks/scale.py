@@ -15,6 +15,7 @@ one cache.m3.xlarge (ElastiCache) holding the model, with measured memory.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ def burst(name: str, app: str, task: str, kwargs: dict, url: str, docs: list[lis
         if not np.array_equal(got, expected):
             raise AssertionError(f"{name}: task result differs from gensim's vectors")
         time.sleep(idle)
+        gc.collect()  # results unsubscribe now, while Redis runs (not retrying once it is gone)
     sender.close()
     client.close()
     return Run(name, mon.samples, sent_at, done_at, len(docs))

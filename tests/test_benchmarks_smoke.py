@@ -29,12 +29,12 @@ SECTIONS = {
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_smoke_run_writes_report_tables_and_plots(tmp_path: Path) -> None:
     out, data = tmp_path / "out", tmp_path / "data"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out), "--data", str(data)],
-        cwd=ROOT, capture_output=True, text=True, timeout=230)
+        cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = (out / "BENCHMARKS.md").read_text()
     assert "FAILED" not in report
