@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gensim
 import numpy as np
@@ -59,6 +60,18 @@ def synthetic_kv(count: int = 2000, dim: int = 32, clusters: int = 20, seed: int
     keys = tokens if tokens is not None else [f"w{i}" for i in range(count)]
     kv.add_vectors(keys[:count], vectors.astype(np.float32))
     return kv
+
+
+def same(got: Any, want: Any) -> None:
+    """Same keys in the same order, scores within 1e-5 (gensim's (key, score) lists)."""
+    assert [k for k, _ in got] == [k for k, _ in want]
+    assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
+
+
+def sample(kv: gensim.models.KeyedVectors, n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct keys of ``kv``, drawn at random."""
+    rng = np.random.default_rng(seed)
+    return [kv.index_to_key[i] for i in rng.choice(len(kv), n, replace=False)]
 
 
 @pytest.fixture(scope="session")

