@@ -15,6 +15,7 @@ from conftest import TEST_DATA, sample
 from gensim.models import KeyedVectors
 
 from vectorstore import RedisKeyedVectors
+from vectorstore.errors import LoadError
 from vectorstore.index import IndexOptions
 from vectorstore.keys import Keys
 from vectorstore.loader import drop, load, verify
@@ -231,3 +232,34 @@ def test_cluster_fasttext_subwords_equal_gensim(cluster: EmbeddedCluster) -> Non
     assert found.missing == [2, 3, 4]
     assert np.array_equal(found.vectors, np.stack([ft[w] for w in words]))
     assert verify("ft", url=cluster.url).ok
+
+
+def test_cluster_load_retried_after_a_lost_reply_is_not_a_duplicate(
+        cluster: EmbeddedCluster, lee: KeyedVectors) -> None:
+    """A batch's MSETNX applied on the cluster whose reply was lost (a failover) is sent
+    again and refused: the loader sees its own values there and goes on; a token stored
+    with another value is still a duplicate."""
+    from vectorstore.codec import Codec
+    from vectorstore.loader import _token_groups
+    from vectorstore.topology import deployment as open_deployment
+
+    keys = Keys("m")
+    with open_deployment(cluster.url) as d, redis.cluster.RedisCluster.from_url(cluster.url) as rc:
+        tags = _token_groups(d, keys, 1)  # the groups the first load of "m" will use
+        names = TokenKeys(keys.token_prefix(1), tuple(keys.token_group_prefix(1, t) for t in tags))
+        codec = Codec(lee.vector_size)
+        first = [t for t in lee.index_to_key if zlib.crc32(t.encode()) % 3 == 0]  # one group
+        index = [lee.get_index(t) for t in first]
+        values = [codec.encode(lee[[t]], i)[0] for t, i in zip(first, index)]
+        for name, value in zip(names(first), values):
+            rc.set(name, value)  # what the lost attempt wrote
+        load(lee, "m", url=cluster.url, progress=False)
+        kv = RedisKeyedVectors("m", url=cluster.url, cache_bytes=0)
+        assert np.array_equal(kv[lee.index_to_key], lee.vectors)
+        assert verify("m", url=cluster.url).ok
+        drop("m", url=cluster.url)
+        tags = _token_groups(d, keys, 2)
+        names = TokenKeys(keys.token_prefix(2), tuple(keys.token_group_prefix(2, t) for t in tags))
+        rc.set(names(["fire"])[0], codec.encode(lee[["fire"]], 0)[0])  # not fire's index
+    with pytest.raises(LoadError, match="duplicate token 'fire'"):
+        load(lee, "m", url=cluster.url, progress=False)

@@ -670,9 +670,11 @@ class _Writer:
             ("MSETNX", *[x for i in at for x in (names[i], values[i])]) for at in groups]
         commands += [("SET", key, tokens) for key, tokens in job.chunks]
         replies = self.d.calls(commands)
-        refused = [i for at, ok in zip(groups, replies) if not ok for i in at]
-        if refused:
-            self._duplicate(job, refused)
+        for at, ok in zip(groups, replies):
+            # A refused MSETNX whose keys all hold this job's values is this job's own,
+            # applied before a failover lost its reply and the deployment sent it again.
+            if not ok and self.d.mget([names[i] for i in at]) != [values[i] for i in at]:
+                self._duplicate(job, at)
         self.digest.update(job.hashed)
 
     def _duplicate(self, job: _Job, among: Sequence[int]) -> None:
