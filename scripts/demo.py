@@ -14,6 +14,7 @@ Run it with ``scripts/demo`` (which makes the virtual environment first).
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import gc
 import os
@@ -21,9 +22,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import gensim
 import numpy as np
@@ -47,6 +50,56 @@ MODEL_FILE = Path(os.environ.get("VECTORSTORE_DEMO_MODEL") or DATA / "lee_fastte
 # A word whose neighbours in this small model (1,762 words trained on the Lee
 # corpus, a year of Australian news about bushfires) show what it learnt.
 QUERY = "fire"
+# After Ctrl-C the with-blocks stop the worker and Redis in order; should that take
+# longer (a library's clean-up stuck after the interrupt), the processes are killed.
+FORCE_EXIT_AFTER = 1.2
+INTERRUPTED = "\ninterrupted: worker and Redis stopped"
+_groups: list[int] = []  # process groups started here: Redis, the worker
+_starting = threading.Event()  # set while a process group is being started
+
+
+def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """First Ctrl-C: unwind as usual, with a deadline; later ones are ignored.
+
+    A Ctrl-C that lands while a finalizer runs (a redis-py pool collected by
+    the garbage collector) is raised again 20 ms later: Python swallows an
+    exception raised in ``__del__`` ("Exception ignored in ..."), and the
+    interrupt would be lost. So is one that lands while a process group is being
+    started (:func:`_starting_group`): raised inside ``Popen``, it would leave
+    the new process running, unknown to the clean-up."""
+    if _starting.is_set() or _in_finalizer(frame):
+        threading.Timer(0.02, _thread.interrupt_main).start()
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_force_exit, daemon=True).start()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _starting_group() -> Iterator[None]:
+    """Hold Ctrl-C back while a process group starts and is recorded in ``_groups``."""
+    _starting.set()
+    try:
+        yield
+    finally:
+        _starting.clear()
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _force_exit() -> None:
+    time.sleep(FORCE_EXIT_AFTER)
+    for group in _groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 @contextlib.contextmanager
@@ -56,7 +109,13 @@ def redis_urls() -> Iterator[tuple[str, str]]:
     if store and broker:
         yield store, broker
         return
-    with EmbeddedRedis() as server:
+    server = EmbeddedRedis()
+    with _starting_group():
+        server.launch()
+        assert server.process is not None
+        _groups.append(server.process.pid)  # it leads its own session
+    with server:
+        server.wait_ready()
         print(f"embedded Redis 8 at {server.url}", flush=True)
         yield server.url, server.url
 
@@ -75,8 +134,10 @@ def worker(store_url: str, broker_url: str, log: Path) -> Iterator[psutil.Proces
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--autoscale=4,1",
            "--loglevel=WARNING", "--hostname=demo@%h", "--without-gossip", "--without-mingle"]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with _starting_group():
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            _groups.append(proc.pid)
     finished = False
     try:
         yield psutil.Process(proc.pid)
@@ -163,12 +224,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         main()
     except KeyboardInterrupt:
         # The worker and Redis are stopped by now (the with-blocks above). Exit at
         # once: pending task results would otherwise try to unsubscribe from the
         # Redis that is gone, retrying for half a minute as the interpreter exits.
-        print("\ninterrupted: worker and Redis stopped", file=sys.stderr, flush=True)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)
