@@ -88,8 +88,6 @@ from .errors import IndexNotReadyError, VectorStoreError
 from .index import IndexStatus, check_vector_sets, q8_error, read_status
 
 if TYPE_CHECKING:
-    import redis
-
     from .keys import Keys
     from .topology import Deployment
     from .view import View
@@ -195,7 +193,6 @@ class SimilarityMixin:
         exact: bool
         refresh: float
         keys: Keys
-        redis: redis.Redis
         def _current(self) -> View: ...
         def _sync(self) -> bool: ...
         def _call(self, *args: Any) -> Any: ...

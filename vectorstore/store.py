@@ -172,7 +172,7 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         return self._deployment
 
     @property
-    def redis(self) -> redis.Redis:  # type: ignore[override]  # the mixin declares an attribute
+    def redis(self) -> redis.Redis:
         """This process's redis-py client (a ``RedisCluster`` on a cluster)."""
         return cast(redis.Redis, self.deployment.client)
 

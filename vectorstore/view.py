@@ -57,6 +57,9 @@ class TokenKeys:
 
     def __call__(self, tokens: Sequence[str]) -> list[bytes]:
         """Key names of ``tokens`` (str; anything else raises AttributeError)."""
+        if not self.groups:  # the lookup hot path: one pass over the tokens
+            prefix = self.prefix
+            return [prefix + t.encode() for t in tokens]
         return self.raw([t.encode() for t in tokens])
 
     def raw(self, tokens: Sequence[bytes]) -> list[bytes]:
