@@ -21,6 +21,11 @@ VECTORSTORE_MODEL              (none)                           model when a tas
 VECTORSTORE_PREFIX             vs                               key namespace of the models
 VECTORSTORE_CACHE_BYTES        33554432 (32 MiB)                hot-vector cache per model
                                                                 per pool process (0: off)
+VECTORSTORE_PREWARM            1                                cache the default model's most
+                                                                frequent vectors before the
+                                                                pool forks (0: off)
+VECTORSTORE_PREWARM_BYTES      268435456 (256 MiB)              bytes of them, one copy per
+                                                                worker, shared by its pool
 VECTORSTORE_REFRESH            1.0                              seconds between checks for a
                                                                 new model version
 VECTORSTORE_MAX_TOKENS         10000                            tokens per document, and per
@@ -63,7 +68,7 @@ import os
 from tasks.broker import check_sentinel, connection_settings
 from tasks.results import CONTENT_TYPES, MAX_RESULT_BYTES, RESULT_SERIALIZER, TASK_SERIALIZER
 from tasks.validate import MAX_TOKEN_CHARS
-from vectorstore.store import default_cache_bytes
+from vectorstore.store import default_cache_bytes, default_prewarm_bytes
 
 
 def _number(name: str, default: float, kind: type = int) -> float:
@@ -122,6 +127,7 @@ vectorstore_prefix = os.environ.get("VECTORSTORE_PREFIX", "vs")
 vectorstore_cache_bytes = default_cache_bytes()
 vectorstore_refresh = _number("VECTORSTORE_REFRESH", 1.0, float)
 vectorstore_prewarm = _number("VECTORSTORE_PREWARM", 1) > 0  # cache the top tokens before forking
+vectorstore_prewarm_bytes = default_prewarm_bytes()
 vectorstore_max_tokens = _number("VECTORSTORE_MAX_TOKENS", 10_000)
 vectorstore_max_token_chars = _number("VECTORSTORE_MAX_TOKEN_CHARS", MAX_TOKEN_CHARS)
 vectorstore_max_result_bytes = _number("VECTORSTORE_MAX_RESULT_BYTES", MAX_RESULT_BYTES)

@@ -83,7 +83,8 @@ def _prewarm_default_model(**_: Any) -> None:
         _prewarmed = True
         try:
             kv = store(conf.vectorstore_model)
-            logger.info("prewarmed %d vectors of model %r for the pool", kv.prewarm(), kv.name)
+            n = kv.prewarm(max_bytes=conf.vectorstore_prewarm_bytes)
+            logger.info("prewarmed %d vectors of model %r for the pool", n, kv.name)
         except Exception as exc:  # noqa: BLE001  # a worker must start without its cache
             logger.warning("cache not prewarmed (%s: %s)", type(exc).__name__, exc)
     for kv in _stores.values():

@@ -58,9 +58,11 @@ def test_disabled_cache_stores_nothing() -> None:
 
 
 def test_admission_on_second_sighting_and_pinned_rows_stay() -> None:
-    cache = VectorCache(dim=2, max_bytes=8 * 8)  # eight rows
+    cache = VectorCache(dim=2, max_bytes=4 * 8)  # four evictable rows
     v = np.arange(16, dtype=np.float32).reshape(8, 2)
-    assert cache.pin(["p0", "p1", "p2", "p3"], v[:4]) == 4
+    assert cache.pin(["p0"], v[:1]) == 0  # no row reserved to pin
+    cache.reserve(4)
+    assert cache.pin(["p0", "p1", "p2", "p3", "p4"], v[:5]) == 4 and cache.capacity == 8
     cache.admit(["a"], v[4:5])
     assert cache.rows(["a"]).tolist() == [UNKNOWN]  # first sighting: remembered only
     cache.admit(["a"], v[4:5])

@@ -27,10 +27,11 @@ def mgets(client: redis.Redis) -> int:
 
 def test_prewarm_caches_the_first_tokens(redis_url: str, model: KeyedVectors,
                                          client: redis.Redis) -> None:
-    kv = RedisKeyedVectors("m", url=redis_url, cache_bytes=1000 * 16 * 4, refresh=60)
-    assert kv.prewarm() == 1000
+    kv = RedisKeyedVectors("m", url=redis_url, cache_bytes=500 * 16 * 4, refresh=60)
+    assert kv.prewarm() == 3000  # the default budget (256 MiB) holds the whole model
     assert kv.prewarm(10) == 10 and kv.stats()["cache_pinned"] == 10
-    assert kv.prewarm() == 1000
+    assert kv.prewarm(max_bytes=1000 * 16 * 4) == 1000
+    assert kv.stats()["cache_capacity"] == 1500  # pinned rows beside the 500 evictable ones
     top = model.index_to_key[:1000]
     before = mgets(client)
     rng = np.random.default_rng(0)
@@ -44,7 +45,32 @@ def test_prewarm_caches_the_first_tokens(redis_url: str, model: KeyedVectors,
     stats = kv.stats()
     assert stats["tokens"] == 20 * 50 + 12 and stats["hits"] == 20 * 50 + 10
     assert stats["absent"] == 1 and stats["cache_entries"] == 1000
-    assert stats["cache_fill"] == 1.0 and stats["fetched"] >= 1000
+    assert stats["cache_fill"] == 1000 / 1500 and stats["fetched"] >= 1000
+
+
+def test_pinned_rows_leave_the_evictable_ones_to_admission(redis_url: str,
+                                                           model: KeyedVectors) -> None:
+    kv = RedisKeyedVectors("m", url=redis_url, cache_bytes=500 * 16 * 4, refresh=60)
+    assert kv.prewarm(1000) == 1000
+    top, tail = model.index_to_key[:20], model.index_to_key[1000:1300]
+    for _ in range(2):  # the second fetch admits them (the doorkeeper), >= 62 at a time
+        for i in range(0, 300, 30):
+            doc = top + tail[i:i + 30]
+            assert np.array_equal(kv[doc], model[doc])
+    stats = kv.stats()
+    assert stats["cache_pinned"] == 1000 and stats["cache_entries"] == 1270
+    doc = top + tail[:270]
+    assert np.array_equal(kv[doc], model[doc])
+    assert kv.stats()["fetched"] == stats["fetched"]  # pinned and admitted rows both answer
+
+
+def test_prewarm_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch, redis_url: str,
+                                             model: KeyedVectors) -> None:
+    monkeypatch.setenv("VECTORSTORE_PREWARM_BYTES", str(200 * 16 * 4))
+    assert RedisKeyedVectors("m", url=redis_url).prewarm() == 200
+    monkeypatch.setenv("VECTORSTORE_PREWARM_BYTES", "lots")
+    with pytest.raises(ValueError, match="VECTORSTORE_PREWARM_BYTES must be an integer, got 'lots'"):
+        RedisKeyedVectors("m", url=redis_url).prewarm()
 
 
 def test_prewarmed_handle_still_sees_a_flip(redis_url: str, model: KeyedVectors) -> None:

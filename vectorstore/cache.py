@@ -3,16 +3,17 @@
 Vectors live in one preallocated float32 slab, so a document whose tokens
 are all cached is a single fancy-indexing call. The slab has two regions:
 
-* pinned rows ``[0, pinned)``, filled by :meth:`VectorCache.pin` with a model's
-  most frequent tokens (``RedisKeyedVectors.prewarm``) and never written
-  again: a Celery worker fills them before its pool forks, and every pool
-  process shares those pages copy-on-write;
-* the rest, filled by admission and evicted by CLOCK (second chance: a hit
-  sets a row's reference bit; the hand clears bits until it finds
-  unreferenced rows to reuse).
+* pinned rows ``[0, pinned)``, reserved by :meth:`VectorCache.reserve` beside
+  the ``max_bytes`` bound and filled by :meth:`VectorCache.pin` with a model's
+  most frequent tokens (``RedisKeyedVectors.prewarm``), never written again: a
+  Celery worker fills them before its pool forks, and every pool process
+  shares those pages copy-on-write (one copy per worker, not per process);
+* ``max_bytes`` of evictable rows, filled by admission and evicted by CLOCK
+  (second chance: a hit sets a row's reference bit; the hand clears bits
+  until it finds unreferenced rows to reuse).
 
 Admission (TinyLFU's doorkeeper): a token fetched from Redis enters the
-cache only the second time it is fetched within the last ``capacity``
+cache only the second time it is fetched within the last ``evictable``
 distinct fetches, so a stream of tokens that never come back (uniformly
 drawn words, the long tail of real text) costs two set operations per
 document instead of an insertion per token. Tokens known to be missing are
@@ -46,25 +47,31 @@ class VectorCache:
 
     def __init__(self, dim: int, max_bytes: int, max_missing: int = 100_000) -> None:
         self.dim = dim
-        self.capacity = max(0, int(max_bytes) // (4 * dim))
-        self.max_missing = max_missing if self.capacity else 0
+        self.evictable = max(0, int(max_bytes) // (4 * dim))
+        self.max_missing = max_missing if self.evictable else 0
         self.lock = threading.Lock()
-        self._slab = np.empty((self.capacity, dim), dtype=np.float32)
-        self._ref = np.zeros(self.capacity, dtype=bool)
-        self._owner: list[str | None] = [None] * self.capacity
+        self._allocate(0)
         self._rows: dict[str, int] = {}
         self._seen: set[str] = set()  # the doorkeeper: fetched once, not cached (yet)
         self._queued: list[str] = []  # fetched again, to insert with the next batch
         self._queued_vectors: list[np.ndarray] = []
         self._size = 0
-        self._pinned = 0
+        self._pinned = self._reserved = 0
         self._hand = 0
         self._missing = 0
         self.admitted = self.evicted = 0
 
+    def _allocate(self, pinned: int) -> None:
+        """A fresh slab of ``pinned`` rows to pin and the evictable ones (pages of the
+        slab take memory only once written)."""
+        self.capacity = pinned + self.evictable
+        self._slab = np.empty((self.capacity, self.dim), dtype=np.float32)
+        self._ref = np.zeros(self.capacity, dtype=bool)
+        self._owner: list[str | None] = [None] * self.capacity
+
     @property
     def enabled(self) -> bool:
-        return self.capacity > 0
+        return self.evictable > 0
 
     @property
     def pinned(self) -> int:
@@ -102,7 +109,7 @@ class VectorCache:
             return
         seen = self._seen
         again = seen.intersection(tokens)  # C loops: no Python work per token
-        if len(seen) + len(tokens) > self.capacity:
+        if len(seen) + len(tokens) > self.evictable:
             seen.clear()  # TinyLFU's reset: the doorkeeper forgets old sightings
         seen.update(tokens)
         if not again:
@@ -137,12 +144,25 @@ class VectorCache:
         self._rows.update(zip(tokens[:k], rows.tolist()))
         self.admitted += k
 
+    def reserve(self, rows: int) -> None:
+        """Make room to :meth:`pin` ``rows`` vectors beside the evictable rows; empties the cache.
+
+        >>> c = VectorCache(dim=2, max_bytes=8); c.reserve(2)
+        >>> c.pin(["a", "b", "c"], np.ones((3, 2), dtype=np.float32)), c.capacity
+        (2, 3)
+        """
+        self.clear()
+        if self.enabled:
+            self._allocate(max(0, rows))
+        self._reserved = self.capacity - self.evictable
+
     def pin(self, tokens: Sequence[str], vectors: np.ndarray) -> int:
-        """Cache ``vectors`` of ``tokens`` (distinct, not cached) in rows never evicted, after
-        the pinned ones; only while nothing else is cached. Returns how many were pinned."""
+        """Cache ``vectors`` of ``tokens`` (distinct, not cached) in the rows :meth:`reserve`
+        made, never evicted, after the pinned ones; only while nothing else is cached.
+        Returns how many were pinned."""
         if self._size != self._pinned:
             raise ValueError("pin() only before anything else is cached: clear() first")
-        k = min(len(tokens), self.capacity - self._pinned)
+        k = min(len(tokens), self._reserved - self._pinned)
         lo, hi = self._pinned, self._pinned + k
         self._slab[lo:hi] = vectors[:k]
         self._owner[lo:hi] = tokens[:k]
@@ -195,10 +215,9 @@ class VectorCache:
         return rows
 
     def clear(self) -> None:
-        """Forget everything, pinned rows too."""
+        """Forget everything, pinned rows too (and give back their memory)."""
         self._rows.clear()
         self._seen.clear()
         self._queued, self._queued_vectors = [], []
-        self._owner = [None] * self.capacity
-        self._ref[:] = False
-        self._size = self._pinned = self._hand = self._missing = 0
+        self._allocate(0)
+        self._size = self._pinned = self._reserved = self._hand = self._missing = 0

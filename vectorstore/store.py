@@ -44,6 +44,7 @@ from .view import IndexToKey, TokenKeys, View
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 32 * 2**20
+DEFAULT_PREWARM_BYTES = 256 * 2**20
 KNOWN_SAMPLE = 16  # tokens of a document looked up in the cache before deciding to use it
 ADMIT_STRIDE = 8  # of a document fetched whole, every 8th token is offered to the cache
 PREWARM_BATCH = 4096  # vectors per MGET while prewarming (~5 MB at 300 x float32)
@@ -66,6 +67,16 @@ def default_cache_bytes() -> int:
         return DEFAULT_CACHE_BYTES if raw is None else int(raw)
     except ValueError:
         raise ValueError(f"VECTORSTORE_CACHE_BYTES must be an integer, got {raw!r}") from None
+
+
+def default_prewarm_bytes() -> int:
+    """Bytes :meth:`RedisKeyedVectors.prewarm` pins, from ``VECTORSTORE_PREWARM_BYTES``,
+    else 256 MiB (223,696 vectors of 300 dimensions)."""
+    raw = os.environ.get("VECTORSTORE_PREWARM_BYTES")
+    try:
+        return DEFAULT_PREWARM_BYTES if raw is None else int(raw)
+    except ValueError:
+        raise ValueError(f"VECTORSTORE_PREWARM_BYTES must be an integer, got {raw!r}") from None
 
 
 class Lookup(NamedTuple):
@@ -116,7 +127,8 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
         url: Redis URL; default ``VECTORSTORE_URL``, ``REDIS_URL``, then localhost.
         client: a ready redis-py client instead of ``url``.
         prefix: key namespace the model was loaded under.
-        cache_bytes: bound of the per-process hot-vector cache; 0 turns it off.
+        cache_bytes: bound of the per-process hot-vector cache; 0 turns it off
+            (rows pinned by :meth:`prewarm` come on top).
         refresh: seconds between checks of the model's alias for a new version.
         exact: default mode of similarity methods (exact, or HNSW approximate).
 
@@ -465,30 +477,35 @@ class RedisKeyedVectors(SimilarityMixin, KeyedVectors):
                 cache.put_missing(new_absent)
         return out, missing
 
-    def prewarm(self, n: int | None = None) -> int:
-        """Cache the model's ``n`` first tokens (as many as the cache holds by default).
+    def prewarm(self, n: int | None = None, *, max_bytes: int | None = None) -> int:
+        """Cache the model's ``n`` first tokens, by default as many as ``max_bytes`` of
+        float32 rows hold (default ``VECTORSTORE_PREWARM_BYTES``, 256 MiB).
 
         Model files list tokens by descending frequency (word2vec, GloVe,
-        fastText), so these are the most frequent words. They are pinned: never
-        evicted nor rewritten, so a Celery worker that prewarms before its pool
-        forks (``VECTORSTORE_PREWARM``) has every pool process share those
-        pages copy-on-write. Reads the index->token chunks and MGETs vectors
-        4096 at a time, checking each value's stored index. Clears the cache
-        first; a new model version starts with an empty cache again.
+        fastText), so these are the most frequent words. They are pinned beside
+        the ``cache_bytes`` of evictable rows: never evicted nor rewritten, so a
+        Celery worker that prewarms before its pool forks (``VECTORSTORE_PREWARM``)
+        has every pool process share those pages copy-on-write: one copy per
+        worker, however many pool processes. Reads the index->token chunks and
+        MGETs vectors 4096 at a time, checking each value's stored index. Clears
+        the cache first; a new model version starts with an empty cache again.
+        A handle whose cache is off (``cache_bytes=0``) caches nothing.
 
-        >>> kv = RedisKeyedVectors("news", cache_bytes=64 * 2**20)   # doctest: +SKIP
-        >>> kv.prewarm()                                            # doctest: +SKIP
+        >>> kv = RedisKeyedVectors("news")                            # doctest: +SKIP
+        >>> kv.prewarm(max_bytes=64 * 2**20)                         # doctest: +SKIP
         55924
 
         Returns the number of tokens cached.
         """
+        budget = default_prewarm_bytes() if max_bytes is None else max(0, int(max_bytes))
+
         def read(view: View) -> int:
             cache = view.cache
+            total = min(view.meta.count, budget // (4 * view.meta.dim) if n is None else max(0, n))
             with cache.lock:
-                cache.clear()
+                cache.reserve(total)
             self._bloom(view)  # fastText: read before a worker forks, so its pool shares it
-            total = min(view.meta.count, cache.capacity if n is None else max(0, n),
-                        cache.capacity)
+            total = min(total, cache.capacity - cache.evictable)
             done = 0
             for lo in range(0, total, PREWARM_BATCH):
                 hi = min(total, lo + PREWARM_BATCH)
