@@ -106,6 +106,7 @@ class Sample:
     t: float
     pool: int
     child_rss: list[int]
+    child_uss: list[int]  # private memory of each pool process (pages not shared)
     main_rss: int
     redis_bytes: int
     done: int
@@ -127,18 +128,20 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> Sample:
-        rss = []
+        rss, uss = [], []
         for p in self.worker.pool():
             try:
-                rss.append(p.memory_info().rss)
+                info = p.memory_full_info()
             except psutil.NoSuchProcess:
-                pass
+                continue
+            rss.append(info.rss)
+            uss.append(info.uss)
         try:
             main = psutil.Process(self.worker.proc.pid).memory_info().rss if self.worker.proc else 0
         except psutil.NoSuchProcess:
             main = 0
         used = int(self.client.info("memory")["used_memory"])
-        return Sample(time.monotonic() - self.t0, len(rss), rss, main, used,
+        return Sample(time.monotonic() - self.t0, len(rss), rss, uss, main, used,
                       done_count(self.client, list(self.ids)))
 
     def _run(self) -> None:
