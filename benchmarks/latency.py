@@ -195,7 +195,7 @@ def run(ctx: Context) -> None:
     sec.goal("prewarmed Zipf documents: 100 tokens at most 0.8x, 10 tokens at most 1.0x gensim (p50)",
              all(r <= limits[k] for k, r in zipf.items()),
              ", ".join(f"{k} tokens {r:.2f}x" for k, r in zipf.items()))
-    prewarm_rows = stats["zipf"][PREWARMED]["cache_pinned"]
+    prewarm_rows = int(stats["zipf"][PREWARMED]["cache_pinned"])
     sec.text(
         f"A worker prewarms before its pool forks: the first {FRESH_DOCS} Zipf 100-token "
         f"documents of a process forked from one holding the prewarmed handle "
