@@ -94,8 +94,9 @@ class VectorCache:
         return self._rows.get(token) == MISSING
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Copy of the vectors in ``rows`` (an index array of valid rows); marks them referenced."""
-        self._ref[rows] = True
+        """Copy of the vectors in ``rows`` (an index array of valid rows); marks the
+        evictable ones referenced (the pinned rows' bits stay unwritten: shared pages)."""
+        self._ref[rows[rows >= self._pinned] if self._pinned else rows] = True
         return self._slab[rows]
 
     def admit(self, tokens: Sequence[str], vectors: np.ndarray) -> None:
