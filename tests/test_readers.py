@@ -168,6 +168,19 @@ def test_batches_are_consecutive_and_bounded(batch_size: int) -> None:
     assert all(b.vectors.shape == (len(b.tokens), 10) for b in batches)
 
 
+@pytest.mark.parametrize("batch_size", [7, 1000, 5000])
+def test_text_batches_are_consecutive_and_match_gensim(tmp_path: Path, batch_size: int) -> None:
+    """Text parsed in blocks on parser threads comes back in order, batch_size at a time."""
+    path = save(synthetic_kv(count=9001, dim=4), tmp_path / "m", False)
+    batches = list(open_vectors(path, batch_size=batch_size))
+    assert [b.first for b in batches] == list(range(0, 9001, batch_size))
+    assert all(len(b.tokens) == len(b.vectors) <= batch_size for b in batches)
+    tokens, vectors = read_all(open_vectors(path, batch_size=batch_size))
+    expected = gensim_load(path, "word2vec-text")
+    assert tokens == expected.index_to_key
+    np.testing.assert_array_equal(vectors, expected.vectors)
+
+
 def test_keyed_vectors_source() -> None:
     kv = special_kv()
     reader = open_vectors(kv, batch_size=100, limit=250)
