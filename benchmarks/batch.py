@@ -9,6 +9,7 @@ task per document.
 """
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -67,6 +68,8 @@ def run(ctx: Context) -> None:
         for r in range(ROUNDS):
             for size in (sizes if r % 2 == 0 else sizes[::-1]):
                 rates[size].append(_throughput(sender, client, worker, docs, size, m.name))
+    del check
+    gc.collect()  # the result unsubscribes now, while Redis runs (not at the run's exit)
     sender.close()
     client.close()
 
