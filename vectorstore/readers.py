@@ -53,6 +53,7 @@ import functools
 import gzip
 import io
 import logging
+import mmap
 import os
 import re
 import zlib
@@ -223,6 +224,20 @@ def _looks_like_text(data: bytes, dim: int) -> bool:
     fields = values.split()
     return (bool(space) and len(fields) >= min(dim, 2)
             and not values.translate(None, _NUMERIC_BYTES))
+
+
+def _mapped(f: io.BufferedIOBase) -> mmap.mmap | None:
+    """All of ``f`` memory-mapped if it is a plain file (not decompressed, not empty), else
+    None. Blocks are then copied once from the page cache; reading 1 MiB chunks and
+    joining them into blocks copied twice (~0.3 CPU-s more per 200k lines of 300-d)."""
+    if not isinstance(f, io.BufferedReader):
+        return None
+    try:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or not a regular file
+        return None
+    mapped.madvise(mmap.MADV_SEQUENTIAL)
+    return mapped
 
 
 def _read(f: io.BufferedIOBase, n: int, where: str) -> bytes:
@@ -406,13 +421,19 @@ class TextReader(Reader):
             raise ValueError(f"not a text format: {fmt!r}")
         self.source, self.fmt = path, fmt
         self._file = open_file(path)
-        self._buf, self._pos, self._eof = b"", 0, False  # read ahead; where the next line is
+        self._map = _mapped(self._file)  # a plain file: all of it, without read copies
+        # read ahead (the mapped file, or chunks of the file); where the next line is
+        self._buf: bytes | mmap.mmap = self._map or b""
+        self._pos, self._eof = 0, self._map is not None
         self._header_lines = 0 if fmt == "glove" else 1
         self._mixed = False  # the last block had lines of unusual shape (see _parse_mixed)
         try:
             if fmt == "glove":
                 head, n = self._take(GLOVE_SNIFF_LINES, 0)
-                self._buf, self._pos = head + self._buf[self._pos:], 0  # read again as records
+                if self._buf is self._map:  # read again as records
+                    self._pos = 0
+                else:
+                    self._buf, self._pos = head + self._buf[self._pos:], 0
                 self.dim = self._glove_dim(_split_lines(head))
                 self.count = None
             else:
@@ -421,13 +442,16 @@ class TextReader(Reader):
                 self.header_count = total
                 self.count = _cap(total, limit)
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     def locate(self, record: int) -> str:
         return f"line {record + self._header_lines + 1}"
 
     def close(self) -> None:
+        self._buf = b""
+        if self._map is not None:
+            self._map.close()
         self._file.close()
 
     def _take(self, n: int, record: int) -> tuple[bytes, int]:
