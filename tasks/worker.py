@@ -33,6 +33,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -64,28 +65,37 @@ _stores: dict[str, RedisKeyedVectors] = {}
 _stores_lock = threading.Lock()
 
 
-_prewarmed = False
+PREWARM_RETRY = 30.0  # seconds before a failed prewarm is tried again at the next fork
+_prewarmed: int | None = None  # version of the default model the pool's cache holds
+_prewarm_failed = -float("inf")  # when prewarming last failed (time.monotonic)
 
 
 @signals.worker_before_create_process.connect
 def _prewarm_default_model(**_: Any) -> None:
-    """In the worker's main process, before it forks each pool process: the first time,
-    fill the default model's cache with its most frequent tokens, so every pool process,
+    """In the worker's main process, before it forks each pool process: when the default
+    model's version is not the one prewarmed (the first fork, and the first after a
+    reload), fill its cache with its most frequent tokens, so every pool process,
     including one the autoscaler forks later, starts warm and shares those pages
     copy-on-write (``VECTORSTORE_PREWARM=0`` turns it off); every time, close the main
     process's connections (no child may share its sockets) and keep the garbage collector
     off those pages (as ``_share_imports_with_pool``). A missing model or an unreachable
-    Redis only logs a warning: the pool processes then fill their caches as they go.
-    (Not at ``worker_init``: logging is not set up yet then.)"""
-    global _prewarmed
+    Redis only logs a warning (tried again after :data:`PREWARM_RETRY` seconds): the pool
+    processes then fill their caches as they go. (Not at ``worker_init``: logging is
+    not set up yet then.)"""
+    global _prewarmed, _prewarm_failed
     conf = app.conf
-    if not _prewarmed and conf.vectorstore_prewarm and conf.vectorstore_model:
-        _prewarmed = True
+    if (conf.vectorstore_prewarm and conf.vectorstore_model
+            and time.monotonic() - _prewarm_failed > PREWARM_RETRY):
         try:
-            kv = store(conf.vectorstore_model)
-            n = kv.prewarm(max_bytes=conf.vectorstore_prewarm_bytes)
-            logger.info("prewarmed %d vectors of model %r for the pool", n, kv.name)
+            kv = store(conf.vectorstore_model)  # reads the alias at most once a refresh period
+            version = kv.version
+            if version != _prewarmed:
+                n = kv.prewarm(max_bytes=conf.vectorstore_prewarm_bytes)
+                _prewarmed = version
+                logger.info("prewarmed %d vectors of model %r version %d for the pool",
+                            n, kv.name, version)
         except Exception as exc:  # noqa: BLE001  # a worker must start without its cache
+            _prewarm_failed = time.monotonic()
             logger.warning("cache not prewarmed (%s: %s)", type(exc).__name__, exc)
     for kv in _stores.values():
         kv.close()
