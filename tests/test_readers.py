@@ -270,6 +270,7 @@ def test_glove_blocks_with_spaced_tokens_dense_or_rare(tmp_path: Path, every: in
     vectors = np.random.default_rng(5).normal(size=(count, dim)).astype(np.float32)
     tokens = [f"w{i} x" if i % every == 1 else f"w{i}" for i in range(count)]
     tokens[2] = "new  york"  # two spaces: only the line-by-line parser reads it
+    tokens[1500] = "w1500 7"  # looks like a usual line up to its second field
     path = tmp_path / "glove.txt"
     path.write_text("".join(f"{t} {' '.join(map(repr, v.tolist()))}{' ' if i % 5 else ''}\n"
                             for i, (t, v) in enumerate(zip(tokens, vectors, strict=True))),
