@@ -82,16 +82,10 @@ _SNIFF_BYTES = 1 << 16
 # 1, 63-65k with 2, 68-71k with 3 or 4, 69-70k with 6 (same CPU seconds: more blocks in
 # flight keep both cores busy); word2vec text 60-65k -> 65-69k, GloVe 54k -> 55-56k.
 PARSERS = 4
-# Lines per polars parse, cut into batches after: a parse has a fixed cost per column
-# (301 at 300-d). With quick looks for GloVe's unusual lines (_odd_lines), reading
-# 300k lines took ~6% fewer CPU-s for .vec and ~10% for GloVe than 1000-line parses
-# (alternated 3 times).
-PARSE_LINES = 4000
 _CHUNK_BYTES = 1 << 20
 _MAX_TOKEN_BYTES = 1 << 16
 _HEADER_RE = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 _NUMERIC_BYTES = b"0123456789+-.eEnNaAiIfFtTyY \t\r"
-_NUMBER_START = frozenset(b"0123456789+-.")
 
 
 _R = TypeVar("_R", bound="Reader")
@@ -521,30 +515,25 @@ class TextReader(Reader):
                     break
                 ahead.append((parser.submit(self._parse, block, n, first), block, n, first))
                 if len(ahead) > PARSERS:
-                    yield from self._parsed(*ahead.popleft())
+                    yield self._parsed(*ahead.popleft())
             while ahead:
-                yield from self._parsed(*ahead.popleft())
+                yield self._parsed(*ahead.popleft())
             if end is not None:
                 raise end
 
     def _parsed(self, parsing: Future[tuple[list[str], np.ndarray]], block: bytes, n: int,
-                first: int) -> Iterator[Batch]:
-        """The batches of a parsed block."""
+                first: int) -> Batch:
         tokens, vectors = parsing.result()
         if not block.endswith(b"\n"):
             self._warn_unterminated(first + n - 1, block[block.rfind(b"\n") + 1:])
-        for lo in range(0, n, self.batch_size):
-            hi = lo + self.batch_size
-            yield Batch(tokens[lo:hi], vectors[lo:hi], first + lo)
+        return Batch(tokens, vectors, first)
 
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
-        """The lines of each block to parse (whole batches, about :data:`PARSE_LINES`),
-        their number and the index of the first record."""
+        """The lines of each batch, their number and the index of the first record."""
         total = self.count if self.count is not None else self.limit
-        size = self.batch_size * max(1, PARSE_LINES // self.batch_size)
         first = 0
         while total is None or first < total:
-            want = size if total is None else min(size, total - first)
+            want = self.batch_size if total is None else min(self.batch_size, total - first)
             block, n = self._take(want, first)
             if n:
                 yield block, n, first
@@ -595,25 +584,13 @@ class TextReader(Reader):
                      first: int) -> tuple[list[str], np.ndarray] | None:
         """Usual lines by polars, the others one by one; None if a usual line is bad.
 
-        Once a block had unusual lines, the next blocks start here: a quick look at
-        each line (:func:`_odd_lines`) and, if polars refuses the lines it passed,
-        counting spaces (:func:`_unusual_lines`) cost less than a polars parse that
-        fails at the first unusual line.
+        Once a block had unusual lines, the next blocks start here: counting spaces
+        (:func:`_unusual_lines`) costs less than a polars parse that fails at the first
+        unusual line.
         """
         ends = _line_ends(block)
-        odd = _odd_lines(block, ends)
-        parsed = self._parse_around(block, n, ends, odd, first)
-        if parsed is None:  # a line that looked usual is not (or a value is bad)
-            unusual = _unusual_lines(block, ends, self.dim + _trailing_space(block[:ends[0]]))
-            if unusual != odd:
-                odd, parsed = unusual, self._parse_around(block, n, ends, unusual, first)
-        self._mixed = 0 < len(odd) < n
-        return parsed
-
-    def _parse_around(self, block: bytes, n: int, ends: list[int], unusual: list[int],
-                      first: int) -> tuple[list[str], np.ndarray] | None:
-        """Lines ``unusual`` of ``block`` one by one, the others by polars; None if polars
-        refuses them."""
+        unusual = _unusual_lines(block, ends, self.dim + _trailing_space(block[:ends[0]]))
+        self._mixed = 0 < len(unusual) < n
         if not unusual:
             return _parse_regular(block, n, self.dim)
         if len(unusual) == n:
@@ -680,24 +657,6 @@ def _line_ends(block: bytes) -> list[int]:
     if pos < len(block):
         ends.append(len(block))
     return ends
-
-
-def _odd_lines(block: bytes, ends: list[int]) -> list[int]:
-    """The lines of ``block`` (ending at ``ends``) whose first space is not followed by
-    the start of a number: a GloVe token with spaces, irregular spacing. A quick look
-    (~0.3 us a line where counting spaces took ~1.6): a line it passes that is not usual
-    either makes polars refuse the rest (too many or too few fields) or holds a bad value.
-
-    >>> _odd_lines(b"a 1\\nb c 2\\nd  3\\ne -4", [4, 10, 15, 19])
-    [1, 2]
-    """
-    odd, find, start = [], block.find, 0
-    for i, end in enumerate(ends):
-        space = find(b" ", start, end)
-        if space < 0 or space + 1 >= end or block[space + 1] not in _NUMBER_START:
-            odd.append(i)
-        start = end
-    return odd
 
 
 def _unusual_lines(block: bytes, ends: list[int], spaces: int) -> list[int]:
