@@ -62,21 +62,21 @@ _NOT_IN_MEMORY = (
 
 def default_cache_bytes() -> int:
     """Cache size from ``VECTORSTORE_CACHE_BYTES`` (0 turns the cache off), else 32 MiB."""
-    raw = os.environ.get("VECTORSTORE_CACHE_BYTES")
-    try:
-        return DEFAULT_CACHE_BYTES if raw is None else int(raw)
-    except ValueError:
-        raise ValueError(f"VECTORSTORE_CACHE_BYTES must be an integer, got {raw!r}") from None
+    return _env_bytes("VECTORSTORE_CACHE_BYTES", DEFAULT_CACHE_BYTES)
 
 
 def default_prewarm_bytes() -> int:
     """Bytes :meth:`RedisKeyedVectors.prewarm` pins, from ``VECTORSTORE_PREWARM_BYTES``,
     else 256 MiB (223,696 vectors of 300 dimensions)."""
-    raw = os.environ.get("VECTORSTORE_PREWARM_BYTES")
+    return _env_bytes("VECTORSTORE_PREWARM_BYTES", DEFAULT_PREWARM_BYTES)
+
+
+def _env_bytes(name: str, default: int) -> int:
+    raw = os.environ.get(name)
     try:
-        return DEFAULT_PREWARM_BYTES if raw is None else int(raw)
+        return default if raw is None else int(raw)
     except ValueError:
-        raise ValueError(f"VECTORSTORE_PREWARM_BYTES must be an integer, got {raw!r}") from None
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 class Lookup(NamedTuple):
