@@ -4,6 +4,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import re
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -179,6 +180,36 @@ def test_text_batches_are_consecutive_and_match_gensim(tmp_path: Path, batch_siz
     expected = gensim_load(path, "word2vec-text")
     assert tokens == expected.index_to_key
     np.testing.assert_array_equal(vectors, expected.vectors)
+
+
+@pytest.mark.parametrize("fmt", ["word2vec-text", "glove"])
+def test_an_interrupt_while_cutting_a_block_leaves_with_the_interrupt(tmp_path: Path,
+                                                                      fmt: str) -> None:
+    """Ctrl-C while a block is cut from the mapped file: the interrupt comes out of the
+    ``with``, not a BufferError from closing a map its traceback still holds views of."""
+    path = save(synthetic_kv(count=3000, dim=4), tmp_path / "m", False)
+    if fmt == "glove":
+        path.write_bytes(path.read_bytes().split(b"\n", 1)[1])
+
+    def interrupt_in_take(frame, event, arg):  # a signal handler raising at a line of _take
+        if event == "call" and frame.f_code.co_name == "_take" and frame.f_locals["record"] > 0:
+            return interrupt_with_pieces
+        return None
+
+    def interrupt_with_pieces(frame, event, arg):
+        if event == "line" and frame.f_locals.get("pieces"):
+            raise KeyboardInterrupt
+        return interrupt_with_pieces
+
+    with pytest.raises(KeyboardInterrupt):
+        with open_vectors(path, fmt, batch_size=1000) as reader:
+            sys.settrace(interrupt_in_take)
+            try:
+                for _ in reader:
+                    pass
+            finally:
+                sys.settrace(None)
+    assert reader._map is None and reader._file.closed
 
 
 def test_keyed_vectors_source() -> None:

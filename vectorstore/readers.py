@@ -451,7 +451,11 @@ class TextReader(Reader):
     def close(self) -> None:
         self._buf = b""
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # a view of an interrupted _take, held by its traceback:
+                pass  # the pages are unmapped when the last view is freed
+            self._map = None
         self._file.close()
 
     def _take(self, n: int, record: int) -> tuple[bytes, int]:
