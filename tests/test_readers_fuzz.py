@@ -197,7 +197,7 @@ FIELD = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.sampled_from(["0", "-0", "+1", ".5", "5.", "1e5", "1E-05", "1e39", "nan", "inf", "1_0",
                      "0x10", "", "\t1", "1\r", "\u00a01", "1.5f"]))
-TOKEN = st.text(st.sampled_from(list("ab:#\t\r\v\x1c \u00a0\u3000\u2028é日\"'")), max_size=5)
+TOKEN = st.text(st.sampled_from(list("ab1.:#\t\r\v\x1c \u00a0\u3000\u2028é日\"'")), max_size=5)
 
 
 @settings(max_examples=EXAMPLES, deadline=None,
@@ -222,3 +222,33 @@ def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, l
             slow = reader._parse_slowly(lines, 0)
     assert fast[0] == slow[0]
     np.testing.assert_array_equal(fast[1], slow[1])
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          derandomize="VECTORSTORE_FUZZ_EXAMPLES" not in os.environ)
+@given(rows=st.lists(st.tuples(TOKEN, st.lists(FIELD, min_size=2, max_size=4),
+                               st.sampled_from([" ", "\t", "  "]), st.sampled_from(["\n", " \n", "\r\n"])),
+                     min_size=1, max_size=6),
+       fmt=st.sampled_from(["word2vec-text", "glove"]))
+def test_mixed_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, list[str], str, str]],
+                                                         fmt: str) -> None:
+    """A block read leniently by polars, its unusual lines again by Python (GloVe tokens
+    with spaces, odd spacing, bad values), gives the Python parser's tokens and values
+    bit for bit, or its error."""
+    lines = [(token + sep + " ".join(fields) + end).encode() for token, fields, sep, end in rows]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory, "m.txt")  # only opened: its one line sets the width, 3
+        path.write_bytes(b"x 1 2 3\n" if fmt == "glove" else b"1 3\nx 1 2 3\n")
+        with readers.TextReader(str(path), fmt) as reader:
+            expected = _parsed_or_error(lambda: reader._parse_slowly(lines, 0))
+            reader._mixed = True  # as after a block with unusual lines
+            got = _parsed_or_error(lambda: reader._parse(b"".join(lines), len(lines), 0))
+    assert got == expected
+
+
+def _parsed_or_error(parse: Callable[[], tuple[list[str], np.ndarray]]) -> tuple[object, ...]:
+    try:
+        tokens, vectors = parse()
+    except LoadError as exc:
+        return ("error", str(exc))
+    return (tokens, vectors.tobytes())
