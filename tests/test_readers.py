@@ -192,7 +192,7 @@ def test_an_interrupt_while_cutting_a_block_leaves_with_the_interrupt(tmp_path: 
         path.write_bytes(path.read_bytes().split(b"\n", 1)[1])
 
     def interrupt_in_take(frame, event, arg):  # a signal handler raising at a line of _take
-        if event == "call" and frame.f_code.co_name == "_take" and frame.f_locals["record"] > 0:
+        if event == "call" and frame.f_code.co_name == "_take" and frame.f_locals["record"] >= 0:
             return interrupt_with_pieces
         return None
 
