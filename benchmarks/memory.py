@@ -239,7 +239,7 @@ def run(ctx: Context) -> None:
         "as much against float16's smaller payload. What limits the load rate: the plain-SET "
         f"anchor, which parses nothing, writes {by_name[cases[-1][0]]['rate']:,.0f} vectors/s "
         "into this Redis from one client; the binary loader also checksums every vector "
-        "(blake2b, on its writer thread) and Redis spends its own CPU on every MSETNX; text "
+        "(SHA-256, on its writer thread) and Redis spends its own CPU on every MSETNX; text "
         "loaders are bound by parsing the decimal numbers (polars, on parser threads). Redis "
         "and the loader share this machine's cores with other users' jobs.")
 

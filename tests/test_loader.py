@@ -706,8 +706,10 @@ def test_packed_batches_are_hiredis_bytes_and_the_checksum_input(dtype: str) -> 
     assert loader._utf8(tokens) == raw
 
 
-def test_checksum_is_blake2b_of_tokens_and_vectors(client: redis.Redis, tmp_path: Path) -> None:
-    """Per record, in order: token, "\\n", stored vector bytes: models loaded before verify."""
+def test_checksum_is_sha256_of_tokens_and_vectors(client: redis.Redis, tmp_path: Path) -> None:
+    """Per record, in order: token, "\\n", stored vector bytes. A model whose checksum is
+    the blake2b of the same bytes (loaded before SHA-256) still verifies, and a vector
+    changed in place still shows in it."""
     import hashlib
 
     kv = synthetic_kv(count=2500, dim=24, tokens=SPECIAL_TOKENS + [f"w{i}" for i in range(2500)])
@@ -716,9 +718,20 @@ def test_checksum_is_blake2b_of_tokens_and_vectors(client: redis.Redis, tmp_path
     for dtype in ("float32", "float16"):
         meta = load(path, "sum", client=client, progress=False, batch_size=333, dtype=dtype,
                     grace=0)
-        digest = hashlib.blake2b()
+        digests = [hashlib.sha256(), hashlib.blake2b()]
         for token, vector in zip(kv.index_to_key, kv.vectors, strict=True):
             stored = vector.astype({"float32": "<f4", "float16": "<f2"}[dtype]).tobytes()
-            digest.update(token.encode() + b"\n" + stored)
-        assert meta.checksum == digest.hexdigest()
+            for digest in digests:
+                digest.update(token.encode() + b"\n" + stored)
+        assert meta.checksum == digests[0].hexdigest()
         assert verify("sum", client=client).ok
+        keys = Keys("sum")
+        client.hset(keys.meta(meta.version), "checksum", digests[1].hexdigest())
+        result = verify("sum", client=client)
+        assert result.ok and result.found_checksum == digests[1].hexdigest()
+    token_key = keys.token(meta.version, "w7")
+    value = bytearray(client.get(token_key))
+    value[0] ^= 1
+    client.set(token_key, bytes(value))
+    result = verify("sum", client=client)
+    assert not result.ok and result.found_checksum != digests[1].hexdigest()

@@ -11,7 +11,7 @@ half-loaded model:
 3. ``INCR`` the version counter, register the version, write metadata with
    state ``loading``;
 4. write each batch with one ``MSETNX`` (a duplicate token makes it fail) and
-   the index->token chunks, while hashing tokens and vector bytes (blake2b);
+   the index->token chunks, while hashing tokens and vector bytes (SHA-256);
 5. if asked (``index=IndexOptions(...)``), build the new version's similarity
    index (:func:`vectorstore.index.build_index`), still unpublished, so the
    model can answer similarity queries from the moment its alias flips;
@@ -49,7 +49,6 @@ True
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import re
@@ -68,7 +67,7 @@ from redis.crc import key_slot
 from tqdm import tqdm
 
 from .bloom import BloomFilter, BloomParams
-from .codec import Codec, Meta, check_dtype
+from .codec import Codec, Meta, check_dtype, checksum_digest
 from .errors import CorruptValueError, LoadError, LoadInProgressError, ModelNotFoundError
 from .fasttext import FastTextReader
 from .index import IndexOptions, build_index, check_vector_sets, read_status
@@ -323,7 +322,7 @@ class _TokenCheck:
         self.codec = meta.codec()
         self.token_prefix = keys.token_prefix(meta.version)
         self.names = TokenKeys.of(keys, meta)
-        self.digest = hashlib.blake2b()
+        self.digest = checksum_digest(meta.checksum)
         self.problems: list[str] = []
         self.bad = self.found = self.existing = 0
         self.named: set[bytes] = set()  # token keys already reported
@@ -578,7 +577,7 @@ class _Writer:
 
     The thread sends a job before reading the replies to the previous one, so
     the caller's parsing, the network and Redis all work at once; it also hashes
-    (blake2b releases the GIL). Errors of the thread, such as a duplicate token
+    (hashlib releases the GIL). Errors of the thread, such as a duplicate token
     found by ``MSETNX``, are raised in the caller at its next :meth:`send` or at
     :meth:`close`. Once :meth:`stop` returns, Redis has executed everything that
     was sent. On a cluster a job is one ``MSETNX`` per hash slot, every node's
@@ -589,7 +588,7 @@ class _Writer:
                  names: TokenKeys, depth: int = 4) -> None:
         self.d, self.reader, self.codec, self.names = d, reader, codec, names
         self.r = d.client
-        self.digest = hashlib.blake2b()
+        self.digest = checksum_digest()
         self._cluster = isinstance(d, ClusterDeployment)
         assert self._cluster or names.groups == () and names.prefix == packer.prefix
         self._conn = None if self._cluster else self.r.connection_pool.get_connection()
@@ -789,7 +788,8 @@ def _verify_subwords(d: Deployment, keys: Keys, meta: Meta, check: _TokenCheck) 
         return
     version, codec = meta.version, check.codec
     prefix = keys.ngram_prefix(version)
-    digest = hashlib.blake2b()
+    expected = meta.extra.get("subword_checksum")
+    digest = checksum_digest(expected or "")
     for first in range(0, params.bucket, I2K_CHUNK):
         numbers = [b"%d" % b for b in range(first, min(first + I2K_CHUNK, params.bucket))]
         values = d.mget([prefix + n for n in numbers])
@@ -811,7 +811,6 @@ def _verify_subwords(d: Deployment, keys: Keys, meta: Meta, check: _TokenCheck) 
                 check.problem(f"n-gram bucket {first + i}: value holds NaN or infinite floats")
         digest.update(_checksum_input([numbers[i] for i in good],
                                       [bytes(values[i]) for i in good], codec.payload))
-    expected = meta.extra.get("subword_checksum")
     if expected and digest.hexdigest() != expected:
         check.problem(f"n-gram rows: checksum {digest.hexdigest()[:16]} differs from the one "
                       f"stored at load ({expected[:16]}): a value was changed in place")
