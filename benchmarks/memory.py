@@ -40,6 +40,10 @@ from .seed import load_seed
 BATCH = 1000
 SPACED = 1000  # GloVe: one token in SPACED holds a space ("new york" style)
 PER = 200_000  # CPU seconds are given per this many vectors
+# Each file is loaded ROUNDS times, this project's loader and gensim's alternated file by
+# file, and the faster run of each counts: other jobs on a shared machine only slow a run
+# down (in single runs, gensim's rate on the same lines moved by 10% between figures).
+ROUNDS = 2
 
 
 def gensim_lines(count: int) -> int:
@@ -125,6 +129,11 @@ def _gensim(path: Path, fmt: str, limit: int) -> dict[str, float]:
             "cpu": _cpu() - cpu}
 
 
+def _faster(best: dict[str, float] | None, run: dict[str, float]) -> dict[str, float]:
+    """``run`` if it loaded faster than ``best`` (or there is none yet), else ``best``."""
+    return run if best is None or run["rate"] > best["rate"] else best
+
+
 def _load(path: Path, fmt: str, dtype: str = "float32") -> Callable[[str, redis.Redis], Any]:
     return lambda url, client: load(str(path), "bench", url=url, fmt=fmt, dtype=dtype,
                                     progress=False, grace=0)
@@ -148,9 +157,13 @@ def run(ctx: Context) -> None:
     payload = {"float32": 4 * p.dim, "float16": 2 * p.dim}
     importlib.import_module("polars")  # the text reader's parser: imported once per process
     busy = os.getloadavg()[0]
-    loads = {label: _measure(_load(path, fmt), n) for label, path, fmt in files}
-    gensim = {label: _gensim(path, fmt, n if fmt == "word2vec-binary" else share)
-              for label, path, fmt in files}
+    loads: dict[str, dict[str, float]] = {}
+    gensim: dict[str, dict[str, float]] = {}
+    for _ in range(ROUNDS):
+        for label, path, fmt in files:
+            loads[label] = _faster(loads.get(label), _measure(_load(path, fmt), n))
+            gensim[label] = _faster(gensim.get(label), _gensim(
+                path, fmt, n if fmt == "word2vec-binary" else share))
     busy_after = os.getloadavg()[0]
     cases = [
         *[(f"vectorstore float32, {label}", "float32", loads[label]) for label, _, _ in files],
@@ -178,7 +191,9 @@ def run(ctx: Context) -> None:
         f"checksum, MSETNX into a fresh local Redis, publishing) and gensim's "
         f"`load_word2vec_format` into memory (binary: the whole file; text: its first "
         f"{share:,} vectors, as it reads ~3k/s). The GloVe file has no header, and one token in "
-        f"{SPACED:,} after line {share:,} holds a space, which gensim refuses. CPU seconds per "
+        f"{SPACED:,} after line {share:,} holds a space, which gensim refuses. Each file was "
+        f"loaded {ROUNDS} times by each, the two alternated file by file; the faster run of each "
+        f"counts. CPU seconds per "
         f"{PER:,} vectors: the loading process (all threads: parser, writer, polars) and Redis. "
         f"Machine load average (1 min): {busy:.1f} before these loads, {busy_after:.1f} after, on "
         f"{os.cpu_count()} cores: with other jobs running, rates fall while CPU seconds do not.")

@@ -34,8 +34,9 @@ checksum input ~0.25, hashing ~0.3, sending ~0.1); fastText .vec 3.8-4.1 +
 0.35 (polars ~2.3 of it), 74-78k/s at 1M with load average ~1 (gensim's text
 loader on the same file: 5.5-6k/s, 33-36 CPU-s); word2vec text the same;
 GloVe with one token in 1,000 holding a space ~4.1 (~70k/s). Those rates were
-measured by hand on a quiet machine; the benchmark report's figure 3 (a busier
-machine, load average 2.5-4) has binary 145k/s and text 44-56k/s, 11-13x gensim.
+measured by hand on a quiet machine, before text was parsed 4000 lines at a time
+and hashed with SHA-256; the benchmark report's figure 3 has binary 252k/s and text
+74-87k/s, 16-17x gensim's text loader.
 The loader's RSS stays ~165 MiB (binary) and ~235 MiB (text) at 1M, whatever
 the file size.
 
