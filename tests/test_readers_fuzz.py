@@ -198,14 +198,17 @@ FIELD = st.one_of(
     st.sampled_from(["0", "-0", "+1", ".5", "5.", "1e5", "1E-05", "1e39", "nan", "inf", "1_0",
                      "0x10", "", "\t1", "1\r", "\u00a01", "1.5f"]))
 TOKEN = st.text(st.sampled_from(list("ab1.:#\t\r\v\x1c \u00a0\u3000\u2028é日\"'")), max_size=5)
+# A block of up to 6 text lines (token, separator, 2-4 fields, line end) and its format
+block_examples = given(
+    rows=st.lists(st.tuples(TOKEN, st.lists(FIELD, min_size=2, max_size=4),
+                            st.sampled_from([" ", "\t", "  "]),
+                            st.sampled_from(["\n", " \n", "\r\n"])), min_size=1, max_size=6),
+    fmt=st.sampled_from(["word2vec-text", "glove"]))
 
 
 @settings(max_examples=EXAMPLES, deadline=None,
           derandomize="VECTORSTORE_FUZZ_EXAMPLES" not in os.environ)
-@given(rows=st.lists(st.tuples(TOKEN, st.lists(FIELD, min_size=2, max_size=4),
-                               st.sampled_from([" ", "\t", "  "]), st.sampled_from(["\n", " \n", "\r\n"])),
-                     min_size=1, max_size=6),
-       fmt=st.sampled_from(["word2vec-text", "glove"]))
+@block_examples
 def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, list[str], str, str]],
                                                          fmt: str) -> None:
     """When polars accepts a block, its tokens and values are the Python parser's, bit for bit."""
@@ -226,10 +229,7 @@ def test_polars_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, l
 
 @settings(max_examples=EXAMPLES, deadline=None,
           derandomize="VECTORSTORE_FUZZ_EXAMPLES" not in os.environ)
-@given(rows=st.lists(st.tuples(TOKEN, st.lists(FIELD, min_size=2, max_size=4),
-                               st.sampled_from([" ", "\t", "  "]), st.sampled_from(["\n", " \n", "\r\n"])),
-                     min_size=1, max_size=6),
-       fmt=st.sampled_from(["word2vec-text", "glove"]))
+@block_examples
 def test_mixed_blocks_read_like_the_line_by_line_parser(rows: list[tuple[str, list[str], str, str]],
                                                          fmt: str) -> None:
     """A block read leniently by polars, its unusual lines again by Python (GloVe tokens
